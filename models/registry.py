@@ -1,0 +1,77 @@
+"""The model registry: name -> ModelSpec. Each models/ file registers its own specs on import."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[..., nn.Module]  # build(image_size=..., activation=...) -> nn.Module in eval mode, fp32, CPU
+    example_inputs: Callable[..., tuple[torch.Tensor, ...]]  # (batch_size, image_size, device, seed) -> inputs
+    default_batch_sizes: tuple[int, ...] = (1, 64)
+    num_classes: int | None = None  # classifiers only
+    tags: frozenset[str] = field(default_factory=frozenset)  # vision, conv, nlp, activation-slot, torchvision
+    pretrained: Callable[[], dict] | None = None  # loads pretrained weights from the local cache only
+
+    @property
+    def is_conv(self) -> bool:
+        return "conv" in self.tags
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in REGISTRY:
+        raise ValueError(f"model {spec.name!r} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(sorted(REGISTRY))}") from None
+
+
+def image_inputs(batch_size: int, image_size: int = 224, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device),)
+
+
+def build_model(
+    spec: ModelSpec, image_size: int, activation: str | None = None, weights: str | None = None
+) -> nn.Module:
+    """Build `spec` in eval mode with seeded random weights, or load `weights` ('pretrained' or a state-dict path)."""
+    torch.manual_seed(0)
+    kwargs = {"image_size": image_size}
+    if activation is not None:
+        if "activation-slot" not in spec.tags:
+            raise ValueError(f"model {spec.name!r} has no activation slot")
+        kwargs["activation"] = activation
+    model = spec.build(**kwargs)
+    if weights == "pretrained":
+        if spec.pretrained is None:
+            raise ValueError(f"model {spec.name!r} has no pretrained weights; pass --weights PATH to a state dict")
+        model.load_state_dict(spec.pretrained())
+    elif weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights {weights}: no such file (expected a state dict saved with torch.save)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]  # a training checkpoint
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
