@@ -1,0 +1,84 @@
+"""Shared axes of the benchmark matrix (dtypes, batch sizes, modes) and the profiles, defined once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}
+MODES = ("fwd", "bwd", "fwd+bwd")
+
+
+def low_precision(device: str) -> str:
+    """The 16-bit float a device runs fastest: fp16 on CUDA (tensor cores), bf16 on a CPU (AVX512-BF16/AMX)."""
+    return "fp16" if torch.device(device).type == "cuda" else "bf16"
+
+
+def batch_id(batch_size: int) -> str:
+    return f"bs{batch_size}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image_size: int
+    batch_sizes: tuple[int, ...]
+    models: tuple[str, ...]
+    compile_models: tuple[str, ...] | None  # models whose compiled variants run; None = all
+    timing_budget_s: float  # time spent in timed rounds per test, roughly
+    min_rounds: int
+    max_rounds: int
+    warmup_rounds: int
+    run_slow: bool  # variants marked slow (e.g. compile-max-autotune)
+    summary: str  # what the profile leaves out, for --help and the README
+
+
+PROFILES = {
+    "quick": Profile(
+        name="quick",
+        image_size=128,
+        batch_sizes=(1, 8),
+        models=(
+            "convnext-seed",
+            "resnet18",
+            "resnet50",
+            "densenet121",
+            "mobilenet_v3_large",
+            "convnext_tiny",
+            "bert-base",
+        ),
+        compile_models=("convnext-seed",),
+        timing_budget_s=1.0,
+        min_rounds=5,
+        max_rounds=200,
+        warmup_rounds=2,
+        run_slow=False,
+        summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
+    ),
+    "full": Profile(
+        name="full",
+        image_size=224,
+        batch_sizes=(1, 64),
+        models=(
+            "convnext-seed",
+            "resnet18",
+            "resnet50",
+            "densenet121",
+            "mobilenet_v3_large",
+            "convnext_tiny",
+            "bert-base",
+        ),
+        compile_models=None,
+        timing_budget_s=3.0,
+        min_rounds=20,
+        max_rounds=1000,
+        warmup_rounds=5,
+        run_slow=True,
+        summary="the seeds' settings: images 224x224, batch sizes 1 and 64, every model and variant",
+    ),
+}
+
+
+def default_profile(device: str) -> str:
+    return "full" if torch.device(device).type == "cuda" else "quick"

@@ -1,0 +1,64 @@
+"""What this machine can do, asked once and cached. Nothing here initializes CUDA or imports heavy optional packages."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+
+@functools.cache
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@functools.cache
+def sm_at_least(major: int, minor: int = 0) -> bool:
+    if not has_cuda():
+        return False
+    import torch
+
+    return torch.cuda.get_device_capability() >= (major, minor)
+
+
+@functools.cache
+def has_module(name: str) -> bool:
+    """True when `name` can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def can_run_triton() -> bool:
+    """Triton kernels run on a CUDA device, or on the CPU under TRITON_INTERPRET=1."""
+    return has_module("triton") and (has_cuda() or triton_interpreted())
+
+
+# requirement marker -> (check, reason shown when it skips)
+REQUIREMENTS = {
+    "gpu": (has_cuda, "needs a CUDA device (torch.cuda.is_available() is False)"),
+    "triton": (can_run_triton, "needs triton and a CUDA device, or TRITON_INTERPRET=1 on a CPU"),
+    "ort": (lambda: has_module("onnxruntime"), "needs onnxruntime: pip install -e ."),
+    "trt": (lambda: has_module("tensorrt"), "needs tensorrt: pip install -e .[trt] (from NVIDIA's package index)"),
+}
+
+
+def missing_requirement(marker: str) -> str | None:
+    """The skip reason when requirement `marker` is not met, else None."""
+    check, reason = REQUIREMENTS[marker]
+    return None if check() else reason
+
+
+def require_module(name: str, extra: str = "") -> None:
+    """Raise a clear ImportError naming the fix when an optional package is missing."""
+    if not has_module(name):
+        hint = f"pip install -e .[{extra}]" if extra else f"pip install {name}"
+        raise ImportError(f"this needs the optional package {name!r}: {hint}")

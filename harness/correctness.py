@@ -1,0 +1,118 @@
+"""Correctness before timing: the three criteria of DESIGN.md and every threshold, in one table.
+
+- exact: numerics-preserving variants; torch.testing.assert_close with a tolerance keyed by dtype, scaled to the
+  output's magnitude (whole networks with random weights have logits of any scale).
+- lowp: reduced-precision variants; cosine similarity with the fp32 reference >= 0.99 for whole networks.
+- lossy: INT8, pruning, approximate activations; SQNR >= 20 dB (and top-1 agreement where it is a classifier).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# dtype -> (rtol, atol relative to the reference's largest magnitude)
+EXACT_TOLERANCE = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-3, 1e-4),
+    torch.bfloat16: (1.6e-2, 1e-2),
+    torch.float16: (1e-3, 1e-3),
+}
+LOWP_MIN_COSINE = 0.99
+LOSSY_MIN_SQNR_DB = 20.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    criterion: str
+    max_abs_err: float
+    rel_err: float  # ||out - ref|| / ||ref||
+    cosine: float
+    sqnr_db: float
+
+    def as_extra_info(self) -> dict:
+        return {
+            "check": self.criterion,
+            "max_abs_err": self.max_abs_err,
+            "rel_err": self.rel_err,
+            "cosine": self.cosine,
+            "sqnr_db": self.sqnr_db,
+        }
+
+
+class CorrectnessError(AssertionError):
+    pass
+
+
+def _flat(outputs: object) -> torch.Tensor:
+    """One float64 CPU vector from a tensor or a (nested) tuple of tensors."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.detach().to("cpu", torch.float64).reshape(-1)
+    if isinstance(outputs, (tuple, list)):
+        return torch.cat([_flat(o) for o in outputs])
+    raise TypeError(f"cannot compare outputs of type {type(outputs).__name__}")
+
+
+def measure_error(out: object, ref: object, criterion: str) -> CheckResult:
+    a, b = _flat(out), _flat(ref)
+    if a.shape != b.shape:
+        raise CorrectnessError(f"[{criterion}] output shape {tuple(a.shape)} != reference shape {tuple(b.shape)}")
+    diff = a - b
+    ref_norm = b.norm().item()
+    noise = diff.norm().item()
+    # cosine by hand: torch's cosine_similarity clamps the norms' product at 1e-8, which breaks tiny outputs
+    # (random-weight nets can emit logits near 1e-10)
+    norms = a.norm().item() * ref_norm
+    cosine = (a @ b).item() / norms if norms > 0 else float(torch.equal(a, b))
+    return CheckResult(
+        criterion=criterion,
+        max_abs_err=diff.abs().max().item() if a.numel() else 0.0,
+        rel_err=noise / ref_norm if ref_norm else noise,
+        cosine=cosine,
+        sqnr_db=math.inf if noise == 0 else 20 * math.log10(ref_norm / noise),
+    )
+
+
+def check_exact(out: object, ref: object, dtype: torch.dtype, label: str = "") -> CheckResult:
+    result = measure_error(out, ref, "exact")
+    rtol, atol_scale = EXACT_TOLERANCE[dtype]
+    scale = _flat(ref).abs().max().item() if _flat(ref).numel() else 1.0
+    try:
+        torch.testing.assert_close(_flat(out), _flat(ref), rtol=rtol, atol=atol_scale * scale)
+    except AssertionError as error:
+        raise CorrectnessError(
+            f"{label} [exact] differs from eager beyond rtol={rtol}, "
+            f"atol={atol_scale}*max|ref|={atol_scale * scale:.3g}: "
+            f"max abs err {result.max_abs_err:.3g}, rel err {result.rel_err:.3g}\n{error}"
+        ) from None
+    if not torch.isfinite(_flat(out)).all():
+        raise CorrectnessError(f"{label} [exact] output has non-finite values")
+    return result
+
+
+def check_lowp(out: object, ref: object, dtype: torch.dtype | None = None, label: str = "") -> CheckResult:
+    result = measure_error(out, ref, "lowp")
+    if not math.isfinite(result.cosine) or result.cosine < LOWP_MIN_COSINE:
+        raise CorrectnessError(
+            f"{label} [lowp] cosine similarity with the fp32 reference {result.cosine:.5f} < {LOWP_MIN_COSINE} "
+            f"(rel err {result.rel_err:.3g}, max abs err {result.max_abs_err:.3g})"
+        )
+    return result
+
+
+def check_lossy(out: object, ref: object, dtype: torch.dtype | None = None, label: str = "") -> CheckResult:
+    result = measure_error(out, ref, "lossy")
+    if not result.sqnr_db >= LOSSY_MIN_SQNR_DB:
+        raise CorrectnessError(
+            f"{label} [lossy] SQNR {result.sqnr_db:.2f} dB < {LOSSY_MIN_SQNR_DB} dB (cosine {result.cosine:.5f})"
+        )
+    return result
+
+
+def top1_agreement(logits: torch.Tensor, ref_logits: torch.Tensor) -> float:
+    return (logits.argmax(-1).cpu() == ref_logits.argmax(-1).cpu()).float().mean().item()
+
+
+CHECKS = {"exact": check_exact, "lowp": check_lowp, "lossy": check_lossy}

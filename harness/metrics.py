@@ -1,0 +1,93 @@
+"""Metrics beside latency: device and host memory peaks, model size on disk, FLOPs."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from pathlib import Path
+
+import psutil
+import torch
+from torch import nn
+
+MB = 1024 * 1024
+
+
+class HostPeak:
+    """Peak resident set size (MB) of this process while the block runs, sampled every `interval_s` by a thread."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._process = psutil.Process(os.getpid())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> HostPeak:
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_bytes / MB
+
+
+class DevicePeak:
+    """Peak bytes held by torch's CUDA caching allocator during the block (reset on entry); None on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.is_cuda = torch.device(device).type == "cuda"
+        self.peak_bytes: int | None = None
+
+    def __enter__(self) -> DevicePeak:
+        if self.is_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+
+    @property
+    def peak_mb(self) -> float | None:
+        return None if self.peak_bytes is None else self.peak_bytes / MB
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict as torch.save writes it (what a PyTorch deployment ships)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def files_bytes(*paths: str | os.PathLike) -> int:
+    """Bytes on disk of an artifact: every file given, e.g. an .onnx graph and its external-data file."""
+    return sum(Path(p).stat().st_size for p in paths)
+
+
+def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs of one forward pass over `inputs`, counted with torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(*inputs)
+    return counter.get_total_flops()

@@ -1,0 +1,229 @@
+"""The pytest glue: options, validation, the matrix parametrization, requirement skips, fixtures, machine info and
+the end-of-run report. Loaded from the top-level conftest.py."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+
+from harness import capabilities, env
+from harness.axes import PROFILES, default_profile
+from harness.bench import BaselineCache, Case, Settings, run_case
+
+SETTINGS = pytest.StashKey[Settings]()
+RECORDS = pytest.StashKey[list]()
+VARIANT_NAMES = pytest.StashKey[set]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nn-speedups")
+    group.addoption(
+        "--profile",
+        choices=sorted(PROFILES),
+        default=None,
+        help="quick (CPU default): " + PROFILES["quick"].summary + "; full (CUDA default): " + PROFILES["full"].summary,
+    )
+    group.addoption("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
+    group.addoption("--models", default=None, help="comma-separated model names (default: the profile's)")
+    group.addoption("--batch-sizes", default=None, help="comma-separated batch sizes, e.g. 1,4,8,16,32,64,128,256")
+    group.addoption("--variants", default=None, help="comma-separated variant names to run (default: all)")
+    group.addoption("--image-size", type=int, default=None, help="input height and width (default: the profile's)")
+    group.addoption("--weights", default=None, help="a state-dict file to load, or 'pretrained' (local cache only)")
+    group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _settings(config: pytest.Config) -> Settings:
+    import torch
+
+    from models import REGISTRY
+
+    device = config.getoption("--device")
+    if device is None:
+        device = "cuda" if capabilities.has_cuda() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise pytest.UsageError(f"--device {device!r}: not a device; valid: cpu, cuda") from None
+    if kind not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device {device!r}: valid: cpu, cuda")
+    if kind == "cuda" and not capabilities.has_cuda():
+        raise pytest.UsageError(
+            f"--device {device} asked for, but this machine has no usable CUDA device "
+            "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with an NVIDIA GPU"
+        )
+    profile = PROFILES[config.getoption("--profile") or default_profile(device)]
+    models = _csv(config.getoption("--models"))
+    if models is not None:
+        unknown = [m for m in models if m not in REGISTRY]
+        if unknown:
+            raise pytest.UsageError(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(sorted(REGISTRY))}")
+    batches = _csv(config.getoption("--batch-sizes"))
+    if batches is not None:
+        if not all(b.isdigit() and int(b) > 0 for b in batches):
+            raise pytest.UsageError(
+                f"--batch-sizes {config.getoption('--batch-sizes')!r}: give positive integers, e.g. 1,8,64"
+            )
+    image_size = config.getoption("--image-size") or profile.image_size
+    if image_size <= 0 or image_size % 32:
+        raise pytest.UsageError(f"--image-size {image_size}: give a positive multiple of 32 (e.g. 224)")
+    from dataclasses import replace
+
+    profile = replace(
+        profile,
+        models=tuple(models) if models else profile.models,
+        batch_sizes=tuple(int(b) for b in batches) if batches else profile.batch_sizes,
+        compile_models=profile.compile_models if models is None else None,
+    )
+    return Settings(device=device, profile=profile, image_size=image_size, weights=config.getoption("--weights"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SETTINGS] = _settings(config)
+    config.stash[RECORDS] = []
+    config.stash[VARIANT_NAMES] = set()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    s = config.stash[SETTINGS]
+    p = s.profile
+    return (
+        f"nn-speedups: profile {p.name} on {s.device}; image {s.image_size}; batch sizes "
+        f"{','.join(map(str, p.batch_sizes))}; models {','.join(p.models)}"
+    )
+
+
+def _skip_reason(case: Case, settings: Settings) -> str | None:
+    variant, profile = case.variant, settings.profile
+    if "gpu" in variant.marks and settings.device == "cpu":
+        return f"{variant.name} is GPU-only: " + (
+            "run with --device cuda" if capabilities.has_cuda() else "needs a CUDA device (this machine has none)"
+        )
+    reason = variant.unsuitable(case.spec)
+    if reason:
+        return reason
+    if variant.compiles and profile.compile_models is not None and case.spec.name not in profile.compile_models:
+        return (
+            f"compiled variants of {case.spec.name} are left out of the {profile.name} profile to keep it short; "
+            f"run with --profile full or --models {case.spec.name}"
+        )
+    if "slow" in variant.marks and not profile.run_slow:
+        return f"{variant.name} is slow: it runs in --profile full"
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    spec_matrix = getattr(metafunc.function, "nn_matrix", None)
+    if spec_matrix is None or "case" not in metafunc.fixturenames:
+        return
+    from models import get_spec
+
+    settings = metafunc.config.stash[SETTINGS]
+    metafunc.config.stash[VARIANT_NAMES].update(v.name for v in spec_matrix.variants)
+    models = [m for m in settings.profile.models if spec_matrix.models is None or m in spec_matrix.models]
+    params = []
+    for model in models:
+        spec = get_spec(model)
+        for activation in spec_matrix.activations:
+            for batch in settings.profile.batch_sizes:
+                for variant in spec_matrix.variants:
+                    case = Case(spec, batch, variant, settings.device, activation)
+                    marks = [getattr(pytest.mark, m) for m in variant.marks]
+                    reason = _skip_reason(case, settings)
+                    if reason:
+                        marks.append(pytest.mark.skip(reason=reason))
+                    params.append(pytest.param(case, id=case.id, marks=marks))
+    if not params:
+        wanted = ", ".join(spec_matrix.models or settings.profile.models)
+        reason = f"this matrix runs on {wanted}; none of them is selected (--models)"
+        params = [pytest.param(None, id="no-model", marks=pytest.mark.skip(reason=reason))]
+    metafunc.parametrize("case", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = _csv(config.getoption("--variants"))
+    if wanted:
+        known = config.stash[VARIANT_NAMES]
+        unknown = [v for v in wanted if v not in known]
+        if unknown:
+            raise pytest.UsageError(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        keep, drop = [], []
+        for item in items:
+            case = getattr(item, "callspec", None) and item.callspec.params.get("case")
+            (keep if case is None or case.variant.name in wanted else drop).append(item)
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            items[:] = keep
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers():
+        if marker.name in capabilities.REQUIREMENTS:
+            reason = capabilities.missing_requirement(marker.name)
+            if reason:
+                pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def settings(pytestconfig: pytest.Config) -> Settings:
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def baselines(settings: Settings) -> BaselineCache:
+    return BaselineCache(settings)
+
+
+@pytest.fixture
+def measure(request: pytest.FixtureRequest, benchmark, baselines: BaselineCache):
+    """measure(case): check the case's variant against eager, time it with pytest-benchmark, record extra_info."""
+
+    def run(case: Case) -> dict:
+        benchmark.group = case.group
+
+        def drive(target, rounds):
+            benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
+
+        record = run_case(case, baselines, run=drive)
+        benchmark.extra_info.update(record)
+        request.config.stash[RECORDS].append(
+            {"name": request.node.name, "fullname": request.node.nodeid, "group": case.group, "extra_info": record}
+        )
+        return record
+
+    return run
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info.update(env.machine_info())
+    settings = config.stash.get(SETTINGS, None)
+    if settings is not None:
+        machine_info["nn_speedups"] = {
+            "profile": settings.profile.name,
+            "device": settings.device,
+            "image_size": settings.image_size,
+        }
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    records = config.stash.get(RECORDS, [])
+    if not records:
+        return
+    from harness import report
+
+    settings = config.stash[SETTINGS]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_name = f"{stamp}-{settings.device}-{settings.profile.name}"
+    run = {"machine_info": env.machine_info(), "benchmarks": records}
+    paths = report.write_report(run, Path(config.getoption("--report-dir")) / run_name)
+    terminalreporter.section("nn-speedups report")
+    terminalreporter.write(report.render_tables(run))
+    terminalreporter.write_line("")
+    for path in paths:
+        terminalreporter.write_line(f"written: {path}")

@@ -1,0 +1,287 @@
+"""Reports in the seeds' form from a run: per-model tables (markdown and terminal), a CSV of every row, PNG plots,
+and a side-by-side comparison of two runs.
+
+    python -m harness.report RUN.json [BASELINE.json] [--out reports/NAME]
+
+RUN.json is a file pytest-benchmark saved (`--benchmark-autosave` writes .benchmarks/<machine>/NNNN_*.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+DEFAULT_ACTIVATION = {"convnext-seed": "gelu-tanh"}
+
+
+def load_run(path: str | Path) -> dict:
+    with open(path) as f:
+        run = json.load(f)
+    if "benchmarks" not in run:
+        raise ValueError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' key)")
+    return run
+
+
+def rows(run: dict) -> list[dict]:
+    """One flat row per benchmark: the extra_info fields plus the test name and group."""
+    out = []
+    for bench in run["benchmarks"]:
+        info = bench.get("extra_info") or {}
+        if "median_ms" not in info:
+            continue
+        out.append({"name": bench.get("name"), "group": bench.get("group"), **info})
+    return out
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _label(row: dict) -> str:
+    dtype = row.get("dtype") or ""
+    return row["variant"] if row["variant"].endswith(dtype) else f"{row['variant']}-{dtype}"
+
+
+def _memory(row: dict):
+    return row.get("peak_device_mb") if row.get("peak_device_mb") is not None else row.get("peak_host_mb")
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """(title, markdown table) per model and activation: rows are variants, columns per batch size."""
+    by_model: dict[tuple, list[dict]] = defaultdict(list)
+    for row in table_rows:
+        by_model[(row["model"], row.get("activation"))].append(row)
+    tables = []
+    for (model, activation), model_rows in by_model.items():
+        batches = sorted({r["batch_size"] for r in model_rows})
+        device = model_rows[0].get("device", "")
+        mem_kind = "device" if any(r.get("peak_device_mb") is not None for r in model_rows) else "host"
+        header = ["variant"]
+        for b in batches:
+            header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} peak {mem_kind} MB"]
+        header += ["compile s", "check"]
+        variants: dict[str, dict[int, dict]] = defaultdict(dict)
+        for r in model_rows:
+            variants[_label(r)][r["batch_size"]] = r
+        body = []
+        for label, per_batch in variants.items():
+            cells = [label]
+            for b in batches:
+                r = per_batch.get(b)
+                cells += (
+                    [
+                        _fmt(r["median_ms"]),
+                        _fmt(r["samples_per_s"], 1),
+                        _fmt(r["speedup_vs_eager"]) + "x",
+                        _fmt(_memory(r), 0),
+                    ]
+                    if r
+                    else ["-"] * 4
+                )
+            any_row = next(iter(per_batch.values()))
+            cells += [_fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1), _check_cell(any_row)]
+            body.append(cells)
+        title = f"{model}" + (f" with {activation}" if activation else "") + f" ({device})"
+        tables.append((title, _markdown_table(header, body)))
+    return tables
+
+
+def _check_cell(row: dict) -> str:
+    if row.get("check") == "exact":
+        return f"exact (max err {row.get('max_abs_err', 0):.1e})"
+    if row.get("check") == "lowp":
+        return f"lowp (cos {row.get('cosine', 0):.4f})"
+    if row.get("check") == "lossy":
+        return f"lossy ({row.get('sqnr_db', 0):.1f} dB)"
+    return row.get("check") or "-"
+
+
+def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Seed 001's table: each activation of a model, eager and compiled, latency per batch size."""
+    tables = []
+    for model in sorted({r["model"] for r in table_rows if r.get("activation")}):
+        default = DEFAULT_ACTIVATION.get(model, "default")
+        picked = [
+            r
+            for r in table_rows
+            if r["model"] == model and r["variant"] in ("eager", "compile") and r.get("dtype") == "fp32"
+        ]
+        batches = sorted({r["batch_size"] for r in picked})
+        cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
+        for r in picked:
+            cells[(r.get("activation") or default, r["variant"])][r["batch_size"]] = r
+        header = ["activation", "variant"] + [f"BS {b} ms" for b in reversed(batches)]
+        body = [
+            [act, variant] + [_fmt(per.get(b, {}).get("median_ms")) for b in reversed(batches)]
+            for (act, variant), per in cells.items()
+        ]
+        tables.append((f"{model}: activations, eager vs compiled (seed 001)", _markdown_table(header, body)))
+    return tables
+
+
+def comparison_table(run_rows: list[dict], base_rows: list[dict]) -> str:
+    key = lambda r: (r["model"], r.get("activation"), _label(r), r["batch_size"])  # noqa: E731
+    base = {key(r): r for r in base_rows}
+    header = ["model", "variant", "batch", "baseline ms", "run ms", "run / baseline"]
+    body = []
+    for r in run_rows:
+        b = base.get(key(r))
+        ratio = r["median_ms"] / b["median_ms"] if b else None
+        model = r["model"] + (f" ({r['activation']})" if r.get("activation") else "")
+        body.append(
+            [model, _label(r), str(r["batch_size"]), _fmt(b and b["median_ms"]), _fmt(r["median_ms"]), _fmt(ratio, 3)]
+        )
+    return _markdown_table(header, body)
+
+
+def _machine_line(run: dict) -> str:
+    m = run.get("machine_info") or {}
+    versions = m.get("versions") or {}
+    parts = [
+        f"GPU: {m.get('gpu_name') or 'none'}",
+        f"CPU: {m.get('cpu_model', '?')} ({m.get('cpu_count', '?')} cores, {' '.join(m.get('cpu_isa') or [])})",
+        "torch " + str(versions.get("torch")),
+    ]
+    return "; ".join(parts)
+
+
+def render_tables(run: dict, baseline: dict | None = None) -> str:
+    run_rows = rows(run)
+    text = [f"Machine: {_machine_line(run)}\n"]
+    for title, table in model_tables(run_rows) + activation_table(run_rows):
+        text.append(f"\n### {title}\n\n{table}")
+    if baseline is not None:
+        text.append(f"\n### Compared with the baseline run\n\nBaseline machine: {_machine_line(baseline)}\n\n")
+        text.append(comparison_table(run_rows, rows(baseline)))
+    return "".join(text)
+
+
+def write_csv(run_rows: list[dict], path: Path) -> Path:
+    fields: list[str] = []
+    for r in run_rows:
+        fields += [k for k in r if k not in fields]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(run_rows)
+    return path
+
+
+def plot_speedups(run_rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r.get("activation") or "", r["batch_size"]) for r in run_rows})
+    labels = sorted({_label(r) for r in run_rows})
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(1, len(labels)) / 3), 5))
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        values = []
+        for model, act, batch in groups:
+            match = [
+                r
+                for r in run_rows
+                if (r["model"], r.get("activation") or "", r["batch_size"]) == (model, act, batch)
+                and _label(r) == label
+            ]
+            values.append(match[0]["speedup_vs_eager"] if match else 0.0)
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    ax.set_xticklabels([f"{m}{'-' + a if a else ''}\nbs{b}" for m, a, b in groups], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("speedup vs eager fp32 (same run)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency(run_rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({(r["model"], r.get("activation") or "") for r in run_rows})
+    cols = min(3, len(models))
+    nrows = math.ceil(len(models) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
+    for ax, (model, act) in zip(axes.flat, models):
+        mine = [r for r in run_rows if (r["model"], r.get("activation") or "") == (model, act)]
+        for label in sorted({_label(r) for r in mine}):
+            points = sorted((r["batch_size"], r["median_ms"]) for r in mine if _label(r) == label)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(model + (f" ({act})" if act else ""), fontsize=9)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("median latency ms")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: dict, base: Path, baseline: dict | None = None, command: str | None = None) -> list[Path]:
+    """Write base.md, base.csv, base-speedup.png and base-latency.png; return their paths."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    run_rows = rows(run)
+    md = base.with_suffix(".md")
+    speed_png = base.parent / f"{base.name}-speedup.png"
+    latency_png = base.parent / f"{base.name}-latency.png"
+    header = f"# nn-speedups report: {base.name}\n\n"
+    if command:
+        header += f"Command: `{command}`\n\n"
+    body = render_tables(run, baseline)
+    body += f"\n![speedup per variant]({speed_png.name})\n\n![latency against batch size]({latency_png.name})\n"
+    md.write_text(header + body)
+    paths = [md, write_csv(run_rows, base.with_suffix(".csv"))]
+    if run_rows:
+        paths += [plot_speedups(run_rows, speed_png), plot_latency(run_rows, latency_png)]
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="a pytest-benchmark JSON file")
+    parser.add_argument("baseline", nargs="?", help="a second run to compare against")
+    parser.add_argument("--out", help="report path without suffix (default: reports/<run file name>)")
+    args = parser.parse_args(argv)
+    try:
+        run = load_run(args.run)
+        baseline = load_run(args.baseline) if args.baseline else None
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("reports") / Path(args.run).stem
+    print(render_tables(run, baseline))
+    for path in write_report(run, out, baseline):
+        print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""What every optimization returns: a Runner, the callable that is checked and timed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+def _same(inputs: tuple) -> tuple:
+    return inputs
+
+
+@dataclass
+class Runner:
+    """`fn(*prepare(inputs))` computes the model's outputs the optimized way.
+
+    prepare: one-off input conversion (memory format, dtype, device copies) done before timing, not inside it.
+    model: the module that runs, for its size and parameter count (None for engines outside PyTorch).
+    artifact_files: files that make up a deployable artifact (an .onnx and its external data), for model size.
+    verify: raises when the optimization did not engage (graph breaks, silent provider fallback...); called after
+        the first run.
+    info: facts worth keeping with the result (graph count, provider, fallback reasons...).
+    """
+
+    fn: Callable[..., Any]
+    prepare: Callable[[tuple], tuple] = _same
+    model: nn.Module | None = None
+    artifact_files: tuple[str, ...] = ()
+    verify: Callable[[], None] = lambda: None
+    info: dict = field(default_factory=dict)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.fn(*inputs)
+
+
+class NotEngagedError(AssertionError):
+    """An optimization ran but did not do what it claims (e.g. a graph break or a silent fallback)."""
