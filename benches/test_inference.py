@@ -1,0 +1,87 @@
+"""PyTorch inference: eager fp32 against torch.compile, autocast, half precision and channels-last.
+
+Measures: median/p90/p99 latency per batch, samples/s, speedup over eager fp32 of the same model and batch in the
+same run, peak device/host memory, compile time (apart), model size, GFLOPs. For convnext-seed an activation axis
+(hardswish, relu, fastswish against the original gelu-tanh) x (eager, compile) reproduces seed 001's table.
+
+Correctness, before any timing: `exact` variants (fp32 compile, channels-last) match eager fp32 within the dtype
+tolerance of harness/correctness.py; `lowp` variants (AMP, half) keep cosine >= 0.99 with eager fp32; compiled
+variants must compile to at least one graph with no graph breaks. A swapped activation is compared with eager of
+the same swapped model.
+
+    pytest benches/test_inference.py --benchmark-autosave
+    pytest benches/test_inference.py --profile full --models convnext-seed --batch-sizes 1,8,64 --variants eager,compile
+"""
+
+from __future__ import annotations
+
+from harness.matrix import matrix
+from harness.variant import Variant
+from optimizations import compile as compile_
+from optimizations import precision
+from optimizations.base import Runner
+
+
+def eager(model, inputs, ctx) -> Runner:
+    return Runner(fn=model, model=model)
+
+
+def compiled(mode=None, amp=False, channels_last=False):
+    def apply(model, inputs, ctx) -> Runner:
+        config = compile_.CompileConfig(
+            device=ctx.device,
+            mode=mode,
+            autocast_dtype=ctx.dtype if amp else None,
+            channels_last=channels_last,
+        )
+        return compile_.apply(model, inputs, config)
+
+    return apply
+
+
+def amp(model, inputs, ctx) -> Runner:
+    return precision.apply_amp(model, inputs, precision.AmpConfig(ctx.device, ctx.dtype))
+
+
+def half(model, inputs, ctx) -> Runner:
+    return precision.apply_half(model, inputs, precision.HalfConfig(ctx.dtype))
+
+
+def channels_last(model, inputs, ctx) -> Runner:
+    return precision.apply_channels_last(model, inputs, precision.ChannelsLastConfig())
+
+
+EAGER = Variant("eager", eager, check="exact")
+COMPILE = Variant("compile", compiled(), check="exact", compiles=True)
+
+VARIANTS = [
+    EAGER,
+    COMPILE,
+    Variant("compile-max-autotune", compiled(mode="max-autotune"), check="exact", marks=("slow",), compiles=True),
+    Variant("compile-cudagraphs", compiled(mode="reduce-overhead"), check="exact", marks=("gpu",), compiles=True),
+    Variant("amp-bf16", amp, check="lowp", dtype="bf16"),
+    Variant("amp-fp16", amp, check="lowp", dtype="fp16", marks=("gpu",)),
+    Variant("compile-amp", compiled(amp=True), check="lowp", dtype="lowp", compiles=True),
+    Variant("channels-last", channels_last, check="exact", conv_only=True),
+    Variant(
+        "channels-last-compile-amp",
+        compiled(amp=True, channels_last=True),
+        check="lowp",
+        dtype="lowp",
+        conv_only=True,
+        compiles=True,
+    ),
+    Variant("half", half, check="lowp", dtype="lowp"),
+]
+
+ACTIVATION_VARIANTS = [EAGER, COMPILE]
+
+
+@matrix(VARIANTS)
+def test_inference(case, measure):
+    measure(case)
+
+
+@matrix(ACTIVATION_VARIANTS, models=["convnext-seed"], activations=["hardswish", "relu", "fastswish"])
+def test_activation(case, measure):
+    measure(case)
