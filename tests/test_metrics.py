@@ -1,0 +1,51 @@
+import pytest
+import torch
+from torch import nn
+
+from harness import metrics
+
+
+def test_host_peak_sees_a_short_lived_allocation():
+    with metrics.HostPeak() as before:
+        pass
+    with metrics.HostPeak(interval_s=0.001) as peak:
+        block = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # 256 MB, written so it is resident
+        block.add_(1)
+        del block
+    assert peak.peak_mb >= before.peak_mb + 200
+
+
+def test_device_peak_is_none_on_cpu():
+    with metrics.DevicePeak("cpu") as peak:
+        torch.ones(1000)
+    assert peak.peak_mb is None
+
+
+@pytest.mark.gpu
+def test_device_peak_counts_cuda_allocations():
+    with metrics.DevicePeak("cuda") as peak:
+        x = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+        del x
+    assert peak.peak_mb >= 256
+
+
+def test_state_dict_bytes_is_the_weights_plus_a_little(tmp_path):
+    model = nn.Linear(1000, 500)
+    weights = (1000 * 500 + 500) * 4
+    size = metrics.state_dict_bytes(model)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    assert abs(size - (tmp_path / "m.pt").stat().st_size) < 1024  # the zip's record names differ by file name
+    assert weights <= size < weights + 4096
+    assert metrics.state_dict_bytes(model.half()) < size / 1.9
+
+
+def test_files_bytes_adds_every_file(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"x" * 1000)
+    (tmp_path / "model.onnx.data").write_bytes(b"y" * 31000)
+    assert metrics.files_bytes(tmp_path / "model.onnx", tmp_path / "model.onnx.data") == 32000
+
+
+def test_count_flops_of_a_linear_and_a_conv():
+    assert metrics.count_flops(nn.Linear(64, 32), (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
+    conv = nn.Conv2d(3, 16, kernel_size=3, padding=1)
+    assert metrics.count_flops(conv, (torch.randn(2, 3, 10, 10),)) == 2 * 2 * 16 * 10 * 10 * 3 * 3 * 3

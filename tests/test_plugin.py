@@ -1,0 +1,126 @@
+"""The suite run for real, small: the saved JSON's fields, the report, bad input, and what collection must not do."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.capabilities import has_cuda
+from tests.conftest import ROOT, run_suite
+
+REQUIRED_FIELDS = {
+    "model", "variant", "device", "dtype", "batch_size", "rounds", "median_ms", "p90_ms", "p99_ms", "samples_per_s",
+    "speedup_vs_eager", "peak_device_mb", "peak_host_mb", "params", "gflops", "compile_s", "model_size_mb",
+}  # fmt: skip
+
+
+def test_saved_run_has_every_field(tiny_run):
+    _, run, _ = tiny_run
+    names = {b["name"] for b in run["benchmarks"]}
+    assert {"test_inference[resnet18-bs1-eager-fp32]", "test_inference[resnet18-bs2-compile-fp32]"} <= names
+    for bench in run["benchmarks"]:
+        info = bench["extra_info"]
+        assert REQUIRED_FIELDS <= set(info), REQUIRED_FIELDS - set(info)
+        assert info["model"] == "resnet18" and info["device"] == "cpu" and info["rounds"] >= 5
+        assert info["median_ms"] > 0 and info["params"] == 11_689_512
+        assert info["samples_per_s"] == pytest.approx(info["batch_size"] / info["median_ms"] * 1e3)
+        assert info["speedup_vs_eager"] == pytest.approx(info["eager_median_ms"] / info["median_ms"])
+        assert info["peak_device_mb"] is None and info["peak_host_mb"] > 100
+        assert info["gflops"] > 0 and info["model_size_mb"] > (40 if info["dtype"] == "fp32" else 20)
+        assert bench["group"] == f"resnet18-bs{info['batch_size']}"
+
+
+def test_eager_is_its_own_baseline_and_others_share_it(tiny_run):
+    _, run, _ = tiny_run
+    by_name = {b["name"]: b["extra_info"] for b in run["benchmarks"]}
+    eager = by_name["test_inference[resnet18-bs2-eager-fp32]"]
+    assert eager["speedup_vs_eager"] == 1.0
+    half = by_name["test_inference[resnet18-bs2-half-bf16]"]
+    assert half["eager_median_ms"] == eager["median_ms"]
+    assert half["dtype"] == "bf16" and half["check"] == "lowp" and half["cosine"] >= 0.99
+    assert half["model_size_mb"] < eager["model_size_mb"] / 1.9
+
+
+def test_compiled_variant_records_compile_time_and_no_graph_breaks(tiny_run):
+    _, run, _ = tiny_run
+    info = next(b["extra_info"] for b in run["benchmarks"] if b["extra_info"]["variant"] == "compile")
+    assert info["compile_s"] > 1.0 and info["info_graph_breaks"] == 0 and info["info_graphs"] >= 1
+    assert info["check"] == "exact"
+
+
+def test_machine_info_is_saved(tiny_run):
+    _, run, _ = tiny_run
+    machine = run["machine_info"]
+    assert machine["versions"]["torch"] == torch.__version__.split("+")[0] or machine["versions"]["torch"]
+    assert "cpu_isa" in machine and "cpu_model" in machine and "gpu_name" in machine
+    assert machine["nn_speedups"] == {"profile": "quick", "device": "cpu", "image_size": 32}
+
+
+def test_gpu_only_variant_skips_with_a_reason(tiny_run):
+    result, _, _ = tiny_run
+    if has_cuda():
+        pytest.skip("this machine has CUDA")
+    assert "amp-fp16 is GPU-only: needs a CUDA device" in result.stdout
+
+
+def test_end_of_run_report_is_printed_and_written(tiny_run):
+    result, _, where = tiny_run
+    assert "nn-speedups report" in result.stdout and "### resnet18 (cpu)" in result.stdout
+    written = sorted(p.name for p in (where / "reports").iterdir())
+    assert any(n.endswith(".md") for n in written) and any(n.endswith(".csv") for n in written)
+    assert any(n.endswith("-speedup.png") for n in written) and any(n.endswith("-latency.png") for n in written)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "resnet18,alexnet"], "--models: unknown alexnet; valid: bert-base, convnext-seed"),
+        (["--variants", "eager,turbo"], "--variants: unknown turbo; valid: amp-bf16, amp-fp16"),
+        (["--profile", "fast"], "argument --profile: invalid choice: 'fast'"),
+        (["--batch-sizes", "1,x"], "--batch-sizes '1,x': give positive integers"),
+        (["--image-size", "100"], "--image-size 100: give a positive multiple of 32"),
+    ],
+)
+def test_bad_input_is_a_usage_error_naming_the_valid_values(args, message, tmp_path):
+    result = run_suite([str(ROOT / "benches"), "--rootdir", str(ROOT), "--collect-only", "-q", *args], cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert message in result.stderr
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
+    if has_cuda():
+        pytest.skip("this machine has CUDA")
+    result = run_suite([str(ROOT / "benches"), "--rootdir", str(ROOT), "--collect-only", "--device", "cuda"], tmp_path)
+    assert result.returncode == 4
+    assert "--device cuda asked for, but this machine has no usable CUDA device" in result.stderr
+
+
+def test_collection_neither_initializes_cuda_nor_imports_heavy_engines():
+    code = (
+        "import sys, pytest, torch\n"
+        f"code = pytest.main(['-q', '--collect-only', '-p', 'no:cacheprovider', '--rootdir', {str(ROOT)!r}, "
+        f"{str(ROOT / 'benches')!r}])\n"
+        "assert code == 0, code\n"
+        "assert not torch.cuda.is_initialized(), 'CUDA initialized during collection'\n"
+        "heavy = [m for m in ('onnxruntime', 'tensorrt') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_a_graph_break_fails_the_compiled_variant():
+    from optimizations import compile as compile_
+    from optimizations.base import NotEngagedError
+
+    class Breaks(torch.nn.Module):
+        def forward(self, x):
+            y = x.relu()
+            torch._dynamo.graph_break()
+            return y + 1
+
+    runner = compile_.apply(Breaks(), (torch.randn(4),), compile_.CompileConfig())
+    runner(torch.randn(4))
+    with pytest.raises(NotEngagedError, match="graph break"):
+        runner.verify()
