@@ -16,14 +16,10 @@ the same swapped model.
 from __future__ import annotations
 
 from harness.matrix import matrix
-from harness.variant import Variant
+from harness.variant import COMPILE, EAGER, Variant
 from optimizations import compile as compile_
 from optimizations import precision
 from optimizations.base import Runner
-
-
-def eager(model, inputs, ctx) -> Runner:
-    return Runner(fn=model, model=model)
 
 
 def compiled(mode=None, amp=False, channels_last=False):
@@ -51,9 +47,6 @@ def channels_last(model, inputs, ctx) -> Runner:
     return precision.apply_channels_last(model, inputs, precision.ChannelsLastConfig())
 
 
-EAGER = Variant("eager", eager, check="exact")
-COMPILE = Variant("compile", compiled(), check="exact", compiles=True)
-
 VARIANTS = [
     EAGER,
     COMPILE,
@@ -62,13 +55,13 @@ VARIANTS = [
     Variant("amp-bf16", amp, check="lowp", dtype="bf16"),
     Variant("amp-fp16", amp, check="lowp", dtype="fp16", marks=("gpu",)),
     Variant("compile-amp", compiled(amp=True), check="lowp", dtype="lowp", compiles=True),
-    Variant("channels-last", channels_last, check="exact", conv_only=True),
+    Variant("channels-last", channels_last, check="exact", only="conv"),
     Variant(
         "channels-last-compile-amp",
         compiled(amp=True, channels_last=True),
         check="lowp",
         dtype="lowp",
-        conv_only=True,
+        only="conv",
         compiles=True,
     ),
     Variant("half", half, check="lowp", dtype="lowp"),

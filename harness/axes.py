@@ -31,6 +31,9 @@ class Profile:
     max_rounds: int
     warmup_rounds: int
     run_slow: bool  # variants marked slow (e.g. compile-max-autotune)
+    train_image_size: int  # the training benches' input size
+    train_batch_sizes: tuple[int, ...]  # the training benches' batch sizes
+    kernel_sizes: tuple[int, ...]  # elements per tensor in the kernel-level benches
     summary: str  # what the profile leaves out, for --help and the README
 
 
@@ -54,6 +57,9 @@ PROFILES = {
         max_rounds=200,
         warmup_rounds=2,
         run_slow=False,
+        train_image_size=64,
+        train_batch_sizes=(16,),
+        kernel_sizes=(2**16, 2**20, 2**22),
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
     ),
     "full": Profile(
@@ -75,6 +81,9 @@ PROFILES = {
         max_rounds=1000,
         warmup_rounds=5,
         run_slow=True,
+        train_image_size=224,
+        train_batch_sizes=(128,),
+        kernel_sizes=(2**16, 2**20, 2**24, 2**26, 2**28),
         summary="the seeds' settings: images 224x224, batch sizes 1 and 64, every model and variant",
     ),
 }

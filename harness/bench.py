@@ -6,6 +6,7 @@ timing, so a wrong variant records no time.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import torch
 
 from harness import metrics, timing
 from harness.axes import Profile
-from harness.correctness import CHECKS
+from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training, top1_agreement
 from harness.variant import Variant, VariantContext
 from models.registry import ModelSpec, build_model, count_parameters
 
@@ -31,6 +32,7 @@ class Case:
     variant: Variant
     device: str
     activation: str | None = None  # None: the model's own activation
+    family: str = "inference"  # the bench file's family: test_<family>.py
 
     @property
     def id(self) -> str:
@@ -40,7 +42,7 @@ class Case:
     @property
     def group(self) -> str:
         act = f"-{self.activation}" if self.activation else ""
-        return f"{self.spec.name}{act}-bs{self.batch_size}"
+        return f"{self.family}/{self.spec.name}{act}-bs{self.batch_size}"
 
 
 @dataclass
@@ -61,6 +63,21 @@ class Settings:
     profile: Profile
     image_size: int
     weights: str | None = None
+    data: str = "synthetic"  # where calibration and evaluation images come from (harness.data sources)
+    eval_samples: int = 256
+    train_image_size: int = 224  # the training benches' input size
+
+
+def timing_fields(summary: timing.Summary) -> dict:
+    return {
+        "rounds": summary.rounds,
+        "median_ms": summary.median_ms,
+        "mean_ms": summary.mean_ms,
+        "stdev_ms": summary.stdev_ms,
+        "min_ms": summary.min_ms,
+        "p90_ms": summary.p90_ms,
+        "p99_ms": summary.p99_ms,
+    }
 
 
 def measure_rounds(
@@ -142,10 +159,12 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
     base = baselines.get(case)
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
-    ctx = VariantContext(device=case.device, dtype=dtype, spec=case.spec, image_size=settings.image_size)
+    ctx = VariantContext(case.device, dtype, case.spec, settings.image_size, settings.data)
     sync = timing.synchronizer(case.device)
     try:
-        with metrics.HostPeak() as host, metrics.DevicePeak(case.device) as device_peak, torch.inference_mode():
+        is_cuda = torch.device(case.device).type == "cuda"
+        nvml = metrics.NvmlProcessPeak(torch.device(case.device).index or 0) if is_cuda else contextlib.nullcontext()
+        with metrics.HostPeak() as host, metrics.DevicePeak(case.device) as device_peak, nvml, torch.inference_mode():
             start = time.perf_counter()
             runner = variant.apply(base.model, base.inputs, ctx)
             inputs = runner.prepare(base.inputs)
@@ -163,12 +182,15 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
     if variant.name == "eager":
         base.eager = summary
     eager = baselines.eager_summary(case)
+    peak_device_mb = device_peak.peak_mb if runner.device_memory == "torch" or not is_cuda else nvml.peak_mb
+    accuracy = agreement(runner, inputs, base, case, settings) if variant.check == "lossy" else {}
     model_size = (
         metrics.files_bytes(*runner.artifact_files)
         if runner.artifact_files
         else (metrics.state_dict_bytes(runner.model) if runner.model is not None else None)
     )
     record = {
+        "family": case.family,
         "model": case.spec.name,
         "activation": case.activation,
         "variant": variant.name,
@@ -177,17 +199,12 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         "batch_size": case.batch_size,
         "image_size": settings.image_size if "vision" in case.spec.tags else None,
         "profile": settings.profile.name,
-        "rounds": summary.rounds,
-        "median_ms": summary.median_ms,
-        "mean_ms": summary.mean_ms,
-        "stdev_ms": summary.stdev_ms,
-        "min_ms": summary.min_ms,
-        "p90_ms": summary.p90_ms,
-        "p99_ms": summary.p99_ms,
+        **timing_fields(summary),
         "samples_per_s": timing.samples_per_s(case.batch_size, summary.median_ms),
         "eager_median_ms": eager.median_ms,
         "speedup_vs_eager": timing.speedup(eager.median_ms, summary.median_ms),
-        "peak_device_mb": device_peak.peak_mb,
+        "peak_device_mb": peak_device_mb,
+        "device_memory": runner.device_memory if is_cuda else None,
         "peak_host_mb": host.peak_mb,
         "params": base.params,
         "gflops": base.gflops,
@@ -195,9 +212,71 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         "model_size_mb": None if model_size is None else model_size / metrics.MB,
         "threads": torch.get_num_threads(),
         **check.as_extra_info(),
+        **accuracy,
         **{f"info_{k}": v for k, v in runner.info.items()},
     }
     return record
+
+
+CALIBRATION_IMAGES, CALIBRATION_BATCH = 64, 8
+
+
+def calibration_feeds(ctx: VariantContext) -> list[dict]:
+    """INT8 calibration batches ({input name: float32 array}) from the data source's training split at the run's
+    image size: never the images that accuracy is measured on."""
+    from harness.data import build_datasets
+
+    train = build_datasets(ctx.data, image_size=ctx.image_size, train_samples=CALIBRATION_IMAGES).train
+    if train is None:
+        raise ValueError(
+            f"--data {ctx.data}: INT8 calibration needs a source with a training split "
+            "(synthetic or tinyimagenet:PATH); imagenet-val is evaluation-only"
+        )
+    picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_IMAGES]
+    images = torch.stack([train[int(i)][0] for i in picked]).numpy()
+    name = ctx.spec.input_names[0]
+    return [{name: images[i : i + CALIBRATION_BATCH]} for i in range(0, CALIBRATION_IMAGES, CALIBRATION_BATCH)]
+
+
+_EVAL_IMAGES: dict[tuple, torch.Tensor] = {}
+
+
+def eval_images(settings: Settings) -> torch.Tensor:
+    """The first `eval_samples` validation images of the data source at the run's image size, cached."""
+    key = (settings.data, settings.image_size, settings.eval_samples)
+    if key not in _EVAL_IMAGES:
+        from harness.data import build_datasets
+
+        val = build_datasets(settings.data, image_size=settings.image_size, eval_samples=settings.eval_samples).val
+        _EVAL_IMAGES[key] = torch.stack([val[i][0] for i in range(len(val))])
+    return _EVAL_IMAGES[key]
+
+
+def agreement(runner, example_inputs: tuple, base: Baseline, case: Case, settings: Settings) -> dict:
+    """Top-1 agreement of a lossy classifier variant with eager on data-source images (batches of the case's size).
+
+    distinct_top1 says how many classes eager predicts over those images: random-weight models often predict one
+    class for everything, which makes agreement trivially high.
+    """
+    if not case.spec.num_classes or "vision" not in case.spec.tags:
+        return {}
+    images = eval_images(settings)
+    n = len(images) - len(images) % case.batch_size
+    outs, refs = [], []
+    with torch.inference_mode():
+        for start in range(0, n, case.batch_size):
+            batch = images[start : start + case.batch_size].to(case.device)
+            outs.append(torch.as_tensor(runner(*runner.prepare((batch,)))).float().cpu())
+            refs.append(base.model(batch).float().cpu())
+    if not outs:
+        return {}
+    out, ref = torch.cat(outs), torch.cat(refs)
+    return {
+        "top1_agreement": top1_agreement(out, ref),
+        "eval_images": len(out),
+        "eval_data": settings.data,
+        "distinct_top1": int(ref.argmax(-1).unique().numel()),
+    }
 
 
 def cuda_memory_numbers() -> str:
@@ -209,3 +288,104 @@ def cuda_memory_numbers() -> str:
         f"reserved {torch.cuda.memory_reserved() / metrics.MB:.0f} MB, "
         f"free {free / metrics.MB:.0f} of {total / metrics.MB:.0f} MB"
     )
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+TINYIMAGENET_TRAIN_IMAGES = 100_000  # what epoch_s_projected projects to
+
+
+@dataclass
+class TrainingBaseline:
+    """Eager fp32 training from the seeded weights on one fixed batch: the model, the batch, eager's losses."""
+
+    model: torch.nn.Module
+    inputs: tuple  # (images, labels)
+    losses: list[float]
+    params: int
+    eager: timing.Summary | None = None  # the vanilla variant's step timing, once measured
+
+
+_TRAINING: dict[tuple, TrainingBaseline] = {}
+
+
+def training_baseline(case: Case, settings: Settings) -> TrainingBaseline:
+    from optimizations import training
+
+    key = (case.spec.name, case.activation, case.batch_size, settings.device, settings.train_image_size)
+    if key not in _TRAINING:
+        _TRAINING.clear()
+        release_memory()
+        model = build_model(case.spec, settings.train_image_size, activation=case.activation, weights=settings.weights)
+        model = model.to(settings.device)
+        images = case.spec.example_inputs(case.batch_size, settings.train_image_size, settings.device)[0]
+        labels = torch.randint(0, case.spec.num_classes, (case.batch_size,), generator=torch.Generator().manual_seed(0))
+        inputs = (images, labels.to(settings.device))
+        step = training.apply(model, inputs, training.TrainStepConfig(device=settings.device))
+        losses = [step(*inputs).item() for _ in range(TRAINING_CHECK_STEPS)]
+        _TRAINING[key] = TrainingBaseline(model, inputs, losses, count_parameters(model))
+    return _TRAINING[key]
+
+
+def run_training_case(case: Case, settings: Settings, run: Callable | None = None) -> dict:
+    """Check a training variant (loss goes down, ends near eager fp32's), then time its steps."""
+    from optimizations.training import saved_activation_bytes
+
+    if not case.spec.num_classes:
+        raise ValueError(f"{case.spec.name} is not a classifier: the training benches train image classifiers")
+    base = training_baseline(case, settings)
+    variant = case.variant
+    dtype = variant.torch_dtype(case.device)
+    ctx = VariantContext(case.device, dtype, case.spec, settings.train_image_size, settings.data)
+    sync = timing.synchronizer(case.device)
+    try:
+        with metrics.HostPeak() as host, metrics.DevicePeak(case.device) as device_peak:
+            start = time.perf_counter()
+            runner = variant.apply(base.model, base.inputs, ctx)
+            inputs = runner.prepare(base.inputs)
+            losses = [runner(*inputs).item()]  # the first step compiles, where compiling is asked for
+            first_step_s = time.perf_counter() - start
+            runner.verify()
+            losses += [runner(*inputs).item() for _ in range(TRAINING_CHECK_STEPS - 1)]
+            check = check_training(losses, base.losses, variant.check, label=case.id)
+            summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
+    except torch.OutOfMemoryError as error:
+        numbers = cuda_memory_numbers()
+        release_memory()
+        raise MeasurementError(f"{case.id}: CUDA out of memory ({numbers}): {str(error).splitlines()[0]}") from None
+    if variant.name == "vanilla":
+        base.eager = summary
+    if base.eager is None:
+        from optimizations import training
+
+        vanilla = training.apply(base.model, base.inputs, training.TrainStepConfig(device=settings.device))
+        base.eager = measure_rounds(lambda: vanilla(*base.inputs), sync, settings.profile)
+    saved = None
+    if not runner.info.get("graphs") and runner.model is not None:
+        saved = saved_activation_bytes(runner.model, inputs[:1]) / metrics.MB
+    images_per_s = timing.samples_per_s(case.batch_size, summary.median_ms)
+    return {
+        "family": case.family,
+        "model": case.spec.name,
+        "activation": case.activation,
+        "variant": variant.name,
+        "device": case.device,
+        "dtype": variant.dtype_name(case.device),
+        "batch_size": case.batch_size,
+        "image_size": settings.train_image_size,
+        "profile": settings.profile.name,
+        **timing_fields(summary),
+        "samples_per_s": images_per_s,
+        "images_per_s": images_per_s,
+        "eager_median_ms": base.eager.median_ms,
+        "speedup_vs_eager": timing.speedup(base.eager.median_ms, summary.median_ms),
+        "epoch_s_projected": TINYIMAGENET_TRAIN_IMAGES / images_per_s,
+        "peak_device_mb": device_peak.peak_mb,
+        "peak_host_mb": host.peak_mb,
+        "saved_activation_mb": saved,
+        "params": base.params,
+        "compile_s": max(0.0, first_step_s - summary.median_ms / 1e3),
+        "threads": torch.get_num_threads(),
+        **check,
+        **{f"info_{k}": v for k, v in runner.info.items()},
+    }

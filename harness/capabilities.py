@@ -42,11 +42,34 @@ def can_run_triton() -> bool:
     return has_module("triton") and (has_cuda() or triton_interpreted())
 
 
+@functools.cache
+def ort_providers() -> tuple[str, ...]:
+    """ONNX Runtime's execution providers (imports onnxruntime: call at test time, never during collection)."""
+    if not has_module("onnxruntime"):
+        return ()
+    import onnxruntime
+
+    return tuple(onnxruntime.get_available_providers())
+
+
+def _ort_provider(name: str):
+    return lambda: has_cuda() and name in ort_providers()
+
+
 # requirement marker -> (check, reason shown when it skips)
 REQUIREMENTS = {
     "gpu": (has_cuda, "needs a CUDA device (torch.cuda.is_available() is False)"),
     "triton": (can_run_triton, "needs triton and a CUDA device, or TRITON_INTERPRET=1 on a CPU"),
     "ort": (lambda: has_module("onnxruntime"), "needs onnxruntime: pip install -e ."),
+    "ort_cuda": (
+        _ort_provider("CUDAExecutionProvider"),
+        "needs a CUDA device and onnxruntime's CUDAExecutionProvider (onnxruntime-gpu: pip install -e .)",
+    ),
+    "ort_trt": (
+        _ort_provider("TensorrtExecutionProvider"),
+        "needs a CUDA device, onnxruntime-gpu's TensorrtExecutionProvider and TensorRT's libraries "
+        "(pip install -e .[trt])",
+    ),
     "trt": (lambda: has_module("tensorrt"), "needs tensorrt: pip install -e .[trt] (from NVIDIA's package index)"),
 }
 

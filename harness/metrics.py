@@ -91,3 +91,65 @@ def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     with torch.inference_mode(), counter:
         model(*inputs)
     return counter.get_total_flops()
+
+
+class NvmlProcessPeak:
+    """Peak device memory (MB) this process holds per NVML while the block runs, net of what it held on entry (the
+    CUDA context and torch's cache). For engines whose allocators torch cannot see: ONNX Runtime, TensorRT.
+    peak_mb is None where NVML cannot report per-process memory (no GPU, no pynvml, some virtualized drivers)."""
+
+    def __init__(self, device_index: int = 0, interval_s: float = 0.005) -> None:
+        self.device_index = device_index
+        self.interval_s = interval_s
+        self._handle = None
+        self._start = 0
+        self._peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _used(self) -> int | None:
+        import pynvml
+
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return proc.usedGpuMemory
+        return None
+
+    def _sample(self) -> None:
+        used = self._used()
+        if used is not None:
+            self._peak = used if self._peak is None else max(self._peak, used)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> NvmlProcessPeak:
+        self.error = None
+        try:
+            import pynvml
+        except ImportError:
+            self.error = "pynvml missing: pip install nvidia-ml-py"
+            return self
+        try:
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
+            self._start = self._used() or 0
+        except pynvml.NVMLError as error:
+            self._handle, self.error = None, str(error)
+            return self
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+    @property
+    def peak_mb(self) -> float | None:
+        if self._handle is None or self._peak is None:
+            return None
+        return max(0, self._peak - self._start) / MB

@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from harness import capabilities, env
+from harness import capabilities, env, timing
 from harness.axes import PROFILES, default_profile
-from harness.bench import BaselineCache, Case, Settings, run_case
+from harness.bench import (
+    BaselineCache,
+    Case,
+    Settings,
+    measure_rounds,
+    run_case,
+    run_training_case,
+    timing_fields,
+)
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
@@ -31,6 +39,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--variants", default=None, help="comma-separated variant names to run (default: all)")
     group.addoption("--image-size", type=int, default=None, help="input height and width (default: the profile's)")
     group.addoption("--weights", default=None, help="a state-dict file to load, or 'pretrained' (local cache only)")
+    group.addoption(
+        "--data",
+        default="synthetic",
+        help="images for calibration and accuracy: synthetic, tinyimagenet:PATH or imagenet-val:PATH",
+    )
+    group.addoption("--eval-samples", type=int, default=None, help="evaluation images (default: quick 128, full 1024)")
     group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
 
 
@@ -80,7 +94,23 @@ def _settings(config: pytest.Config) -> Settings:
         batch_sizes=tuple(int(b) for b in batches) if batches else profile.batch_sizes,
         compile_models=profile.compile_models if models is None else None,
     )
-    return Settings(device=device, profile=profile, image_size=image_size, weights=config.getoption("--weights"))
+    data = config.getoption("--data")
+    try:
+        from harness.data import parse_source
+
+        parse_source(data)
+    except ValueError as error:
+        raise pytest.UsageError(f"--data {data!r}: {error}") from None
+    eval_samples = config.getoption("--eval-samples") or (1024 if profile.name == "full" else 128)
+    return Settings(
+        device=device,
+        profile=profile,
+        image_size=image_size,
+        weights=config.getoption("--weights"),
+        data=data,
+        eval_samples=eval_samples,
+        train_image_size=config.getoption("--image-size") or profile.train_image_size,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -124,15 +154,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from models import get_spec
 
     settings = metafunc.config.stash[SETTINGS]
+    family = metafunc.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     metafunc.config.stash[VARIANT_NAMES].update(v.name for v in spec_matrix.variants)
     models = [m for m in settings.profile.models if spec_matrix.models is None or m in spec_matrix.models]
+    batch_sizes = settings.profile.train_batch_sizes if spec_matrix.training else settings.profile.batch_sizes
+    if spec_matrix.training and metafunc.config.getoption("--batch-sizes"):
+        batch_sizes = settings.profile.batch_sizes  # an explicit --batch-sizes applies to every bench
     params = []
     for model in models:
         spec = get_spec(model)
         for activation in spec_matrix.activations:
-            for batch in settings.profile.batch_sizes:
+            for batch in batch_sizes:
                 for variant in spec_matrix.variants:
-                    case = Case(spec, batch, variant, settings.device, activation)
+                    case = Case(spec, batch, variant, settings.device, activation, family)
                     marks = [getattr(pytest.mark, m) for m in variant.marks]
                     reason = _skip_reason(case, settings)
                     if reason:
@@ -154,8 +188,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             raise pytest.UsageError(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         keep, drop = [], []
         for item in items:
-            case = getattr(item, "callspec", None) and item.callspec.params.get("case")
-            (keep if case is None or case.variant.name in wanted else drop).append(item)
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            name = params["case"].variant.name if params.get("case") else params.get("variant")
+            (keep if name is None or name in wanted else drop).append(item)
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
@@ -183,17 +218,52 @@ def baselines(settings: Settings) -> BaselineCache:
 def measure(request: pytest.FixtureRequest, benchmark, baselines: BaselineCache):
     """measure(case): check the case's variant against eager, time it with pytest-benchmark, record extra_info."""
 
+    return _measurer(request, benchmark, lambda case, drive: run_case(case, baselines, run=drive))
+
+
+@pytest.fixture
+def measure_training(request: pytest.FixtureRequest, benchmark, settings: Settings):
+    """measure_training(case): check the training variant's losses against eager fp32, then time its steps."""
+    return _measurer(request, benchmark, lambda case, drive: run_training_case(case, settings, run=drive))
+
+
+@pytest.fixture
+def measure_fn(request: pytest.FixtureRequest, benchmark, settings: Settings):
+    """measure_fn(group, fn, device, record, derive=None): time `fn` (each round synchronized on `device`) with
+    pytest-benchmark and keep `record`, the timing fields and `derive(timing fields)` as the test's extra_info."""
+
+    def run(group: str, fn, device: str, record: dict, derive=None) -> dict:
+        benchmark.group = group
+
+        def drive(target, rounds):
+            benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
+
+        summary = measure_rounds(fn, timing.synchronizer(device), settings.profile, drive)
+        record = {**record, **timing_fields(summary)}
+        if derive is not None:
+            record.update(derive(record))
+        _keep(request, benchmark, group, record)
+        return record
+
+    return run
+
+
+def _keep(request: pytest.FixtureRequest, benchmark, group: str, record: dict) -> None:
+    benchmark.extra_info.update(record)
+    request.config.stash[RECORDS].append(
+        {"name": request.node.name, "fullname": request.node.nodeid, "group": group, "extra_info": record}
+    )
+
+
+def _measurer(request, benchmark, measure_case):
     def run(case: Case) -> dict:
         benchmark.group = case.group
 
         def drive(target, rounds):
             benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
 
-        record = run_case(case, baselines, run=drive)
-        benchmark.extra_info.update(record)
-        request.config.stash[RECORDS].append(
-            {"name": request.node.name, "fullname": request.node.nodeid, "group": case.group, "extra_info": record}
-        )
+        record = measure_case(case, drive)
+        _keep(request, benchmark, case.group, record)
         return record
 
     return run

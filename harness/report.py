@@ -63,13 +63,46 @@ def _markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def training_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Seeds 000/001's training table: per model and activation, variant x batch with step time, images/s, the
+    projected TinyImageNet epoch, speedup over vanilla, memory and the loss check."""
+    train = [r for r in table_rows if "epoch_s_projected" in r]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in train:
+        groups[(r.get("family"), r["model"], r.get("activation"), r["batch_size"])].append(r)
+    tables = []
+    for (family, model, activation, batch), picked in groups.items():
+        header = ["variant", "step ms", "images/s", "epoch s (100k images)", "speedup", "peak MB",
+                  "saved activations MB", "compile s", "loss after 4 steps (drift)"]  # fmt: skip
+        body = [
+            [
+                _label(r),
+                _fmt(r["median_ms"]),
+                _fmt(r["images_per_s"], 1),
+                _fmt(r["epoch_s_projected"], 0),
+                _fmt(r["speedup_vs_eager"]) + "x",
+                _fmt(_memory(r), 0),
+                _fmt(r.get("saved_activation_mb"), 0),
+                _fmt(r.get("compile_s"), 1),
+                f"{r['loss_last']:.4f} ({r['loss_drift']:.2%})",
+            ]
+            for r in picked
+        ]
+        act = f" with {activation}" if activation else ""
+        title = f"{family}: {model}{act}, batch {batch}, image {picked[0].get('image_size')} ({picked[0]['device']})"
+        tables.append((title, _markdown_table(header, body)))
+    return tables
+
+
 def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
     """(title, markdown table) per model and activation: rows are variants, columns per batch size."""
     by_model: dict[tuple, list[dict]] = defaultdict(list)
     for row in table_rows:
-        by_model[(row["model"], row.get("activation"))].append(row)
+        if "epoch_s_projected" in row or "achieved_gbps" in row:
+            continue  # training and kernel rows have tables of their own
+        by_model[(row.get("family", "inference"), row["model"], row.get("activation"))].append(row)
     tables = []
-    for (model, activation), model_rows in by_model.items():
+    for (family, model, activation), model_rows in by_model.items():
         batches = sorted({r["batch_size"] for r in model_rows})
         device = model_rows[0].get("device", "")
         mem_kind = "device" if any(r.get("peak_device_mb") is not None for r in model_rows) else "host"
@@ -98,7 +131,7 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
             any_row = next(iter(per_batch.values()))
             cells += [_fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1), _check_cell(any_row)]
             body.append(cells)
-        title = f"{model}" + (f" with {activation}" if activation else "") + f" ({device})"
+        title = f"{family}: {model}" + (f" with {activation}" if activation else "") + f" ({device})"
         tables.append((title, _markdown_table(header, body)))
     return tables
 
@@ -109,7 +142,12 @@ def _check_cell(row: dict) -> str:
     if row.get("check") == "lowp":
         return f"lowp (cos {row.get('cosine', 0):.4f})"
     if row.get("check") == "lossy":
-        return f"lossy ({row.get('sqnr_db', 0):.1f} dB)"
+        cell = f"lossy ({row.get('sqnr_db', 0):.1f} dB"
+        if row.get("top1_agreement") is not None:
+            cell += (
+                f", top-1 agrees {row['top1_agreement']:.1%} of {row['eval_images']} ({row['distinct_top1']} classes)"
+            )
+        return cell + ")"
     return row.get("check") or "-"
 
 
@@ -121,7 +159,10 @@ def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
         picked = [
             r
             for r in table_rows
-            if r["model"] == model and r["variant"] in ("eager", "compile") and r.get("dtype") == "fp32"
+            if r["model"] == model
+            and r.get("family", "inference") == "inference"
+            and r["variant"] in ("eager", "compile")
+            and r.get("dtype") == "fp32"
         ]
         batches = sorted({r["batch_size"] for r in picked})
         cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
@@ -136,8 +177,75 @@ def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
     return tables
 
 
+def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Seed 004's table for the deployment families: technique x batch, with size, memory, latency, throughput."""
+    tables = []
+    for family in ("onnxruntime", "tensorrt"):
+        for model in sorted({r["model"] for r in table_rows if r.get("family") == family}):
+            picked = sorted(
+                (r for r in table_rows if r.get("family") == family and r["model"] == model),
+                key=lambda r: (_label(r), r["batch_size"]),
+            )
+            header = ["technique", "batch", "model size MB", "top-1 agree", "RAM MB", "VRAM MB", "latency ms",
+                      "samples/s"]  # fmt: skip
+            body = [
+                [
+                    _label(r),
+                    str(r["batch_size"]),
+                    _fmt(r.get("model_size_mb"), 1),
+                    _fmt(r.get("top1_agreement"), 3),
+                    _fmt(r.get("peak_host_mb"), 0),
+                    _fmt(r.get("peak_device_mb"), 0),
+                    _fmt(r["median_ms"]),
+                    _fmt(r["samples_per_s"], 1),
+                ]
+                for r in picked
+            ]
+            tables.append(
+                (f"{family}: {model}, per technique and batch (seed 004's table)", _markdown_table(header, body))
+            )
+    return tables
+
+
+def operator_charts(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """ONNX op-type counts per exported model (seed 000's operator chart), from rows that recorded them."""
+    charts = {}
+    for r in table_rows:
+        if r.get("info_onnx_ops"):
+            charts.setdefault((r["model"], r.get("info_onnx_dtype", "fp32")), r["info_onnx_ops"])
+    tables = []
+    for (model, dtype), ops in sorted(charts.items()):
+        body = [[op, str(n)] for op, n in sorted(ops.items(), key=lambda kv: -kv[1])]
+        tables.append((f"ONNX operators: {model} ({dtype} graph)", _markdown_table(["op type", "count"], body)))
+    return tables
+
+
+def plot_operator_charts(table_rows: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    charts = {}
+    for r in table_rows:
+        if r.get("info_onnx_ops"):
+            charts.setdefault(r["model"], r["info_onnx_ops"])
+    if not charts:
+        return None
+    fig, axes = plt.subplots(len(charts), 1, figsize=(10, 3 * len(charts)), squeeze=False)
+    for ax, (model, ops) in zip(axes.flat, sorted(charts.items())):
+        items = sorted(ops.items(), key=lambda kv: -kv[1])
+        ax.bar([k for k, _ in items], [v for _, v in items])
+        ax.set_title(f"{model}: ONNX op types", fontsize=9)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def comparison_table(run_rows: list[dict], base_rows: list[dict]) -> str:
-    key = lambda r: (r["model"], r.get("activation"), _label(r), r["batch_size"])  # noqa: E731
+    key = lambda r: (r.get("family"), r["model"], r.get("activation"), _label(r), r["batch_size"])  # noqa: E731
     base = {key(r): r for r in base_rows}
     header = ["model", "variant", "batch", "baseline ms", "run ms", "run / baseline"]
     body = []
@@ -162,10 +270,41 @@ def _machine_line(run: dict) -> str:
     return "; ".join(parts)
 
 
+def kernel_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Kernel-level rows (fastswish): per mode and dtype, implementations x sizes, median time and achieved
+    bandwidth as a percentage of the measured copy bandwidth."""
+    kernels = [r for r in table_rows if "achieved_gbps" in r]
+    tables = []
+    for mode, dtype in sorted({(r["mode"], r["dtype"]) for r in kernels}):
+        picked = [r for r in kernels if (r["mode"], r["dtype"]) == (mode, dtype)]
+        sizes = sorted({r["elements"] for r in picked})
+        header = ["implementation", "backend"] + [f"n={n:,}: ms / GB/s / % copy" for n in sizes]
+        cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
+        for r in picked:
+            cells[(r["variant"], r.get("backend", ""))][r["elements"]] = r
+        body = []
+        for (variant, backend), per in cells.items():
+            row = [variant, backend]
+            for n in sizes:
+                r = per.get(n)
+                row.append(
+                    f"{_fmt(r['median_ms'], 3)} / {_fmt(r['achieved_gbps'], 1)} / {_fmt(r['pct_of_copy_bw'], 0)}%"
+                    if r
+                    else "-"
+                )
+            body.append(row)
+        copy = picked[0].get("copy_gbps")
+        title = f"fastswish kernels: {mode}, {dtype} ({picked[0]['device']}; copy bandwidth {_fmt(copy, 1)} GB/s)"
+        tables.append((title, _markdown_table(header, body)))
+    return tables
+
+
 def render_tables(run: dict, baseline: dict | None = None) -> str:
     run_rows = rows(run)
     text = [f"Machine: {_machine_line(run)}\n"]
-    for title, table in model_tables(run_rows) + activation_table(run_rows):
+    sections = model_tables(run_rows) + activation_table(run_rows) + deployment_table(run_rows)
+    sections += kernel_tables(run_rows) + training_tables(run_rows)
+    for title, table in sections + operator_charts(run_rows):
         text.append(f"\n### {title}\n\n{table}")
     if baseline is not None:
         text.append(f"\n### Compared with the baseline run\n\nBaseline machine: {_machine_line(baseline)}\n\n")
@@ -190,7 +329,10 @@ def plot_speedups(run_rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r.get("activation") or "", r["batch_size"]) for r in run_rows})
+    def where(r: dict) -> tuple:
+        return (r.get("family", ""), r["model"], r.get("activation") or "", r["batch_size"])
+
+    groups = sorted({where(r) for r in run_rows})
     labels = sorted({_label(r) for r in run_rows})
     fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(1, len(labels)) / 3), 5))
     width = 0.8 / max(1, len(labels))
@@ -207,7 +349,9 @@ def plot_speedups(run_rows: list[dict], path: Path) -> Path:
         ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels([f"{m}{'-' + a if a else ''}\nbs{b}" for m, a, b in groups], rotation=45, ha="right", fontsize=7)
+    ax.set_xticklabels(
+        [f"{f}:{m}{'-' + a if a else ''}\nbs{b}" for f, m, a, b in groups], rotation=45, ha="right", fontsize=7
+    )
     ax.set_ylabel("speedup vs eager fp32 (same run)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -222,18 +366,20 @@ def plot_latency(run_rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = sorted({(r["model"], r.get("activation") or "") for r in run_rows})
+    models = sorted({(r.get("family", ""), r["model"], r.get("activation") or "") for r in run_rows})
     cols = min(3, len(models))
     nrows = math.ceil(len(models) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.6 * nrows), squeeze=False)
-    for ax, (model, act) in zip(axes.flat, models):
-        mine = [r for r in run_rows if (r["model"], r.get("activation") or "") == (model, act)]
+    for ax, (family, model, act) in zip(axes.flat, models):
+        mine = [
+            r for r in run_rows if (r.get("family", ""), r["model"], r.get("activation") or "") == (family, model, act)
+        ]
         for label in sorted({_label(r) for r in mine}):
             points = sorted((r["batch_size"], r["median_ms"]) for r in mine if _label(r) == label)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_title(model + (f" ({act})" if act else ""), fontsize=9)
+        ax.set_title(f"{family}: {model}" + (f" ({act})" if act else ""), fontsize=9)
         ax.set_xlabel("batch size")
         ax.set_ylabel("median latency ms")
         ax.legend(fontsize=6)
@@ -259,8 +405,14 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     body += f"\n![speedup per variant]({speed_png.name})\n\n![latency against batch size]({latency_png.name})\n"
     md.write_text(header + body)
     paths = [md, write_csv(run_rows, base.with_suffix(".csv"))]
+    model_rows = [r for r in run_rows if "speedup_vs_eager" in r and "epoch_s_projected" not in r]
+    if model_rows:
+        paths += [plot_speedups(model_rows, speed_png), plot_latency(model_rows, latency_png)]
     if run_rows:
-        paths += [plot_speedups(run_rows, speed_png), plot_latency(run_rows, latency_png)]
+        ops_png = plot_operator_charts(run_rows, base.parent / f"{base.name}-onnx-ops.png")
+        if ops_png is not None:
+            paths.append(ops_png)
+            md.write_text(md.read_text() + f"\n![ONNX operator chart]({ops_png.name})\n")
     return paths
 
 

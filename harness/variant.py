@@ -20,6 +20,7 @@ class VariantContext:
     dtype: torch.dtype
     spec: ModelSpec
     image_size: int
+    data: str = "synthetic"  # the data source, for calibration images
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Variant:
     check: str  # "exact" | "lowp" | "lossy" (harness.correctness.CHECKS)
     dtype: str = "fp32"  # fp32 | fp16 | bf16 | int8 | "lowp" (the device's fast 16-bit float)
     marks: tuple[str, ...] = ()  # registered marker names: gpu, slow, triton, ort, trt
-    conv_only: bool = False
+    only: str | None = None  # a ModelSpec tag the model must carry, e.g. "conv" or "nlp"
     compiles: bool = False  # subject to the profile's compile_models
 
     def dtype_name(self, device: str) -> str:
@@ -45,6 +46,22 @@ class Variant:
 
     def unsuitable(self, spec: ModelSpec) -> str | None:
         """Why this variant does not apply to `spec`, or None."""
-        if self.conv_only and not spec.is_conv:
-            return f"{self.name} applies to convolutional nets with 4-D image inputs; {spec.name} has none"
+        if self.only and self.only not in spec.tags:
+            what = {"conv": "convolutional nets with 4-D image inputs", "nlp": "transformer language models"}
+            return f"{self.name} applies to {what.get(self.only, self.only + ' models')}; {spec.name} is not one"
         return None
+
+
+def eager_runner(model, example_inputs: tuple, ctx: VariantContext) -> Runner:
+    return Runner(fn=model, model=model)
+
+
+def compile_runner(model, example_inputs: tuple, ctx: VariantContext) -> Runner:
+    from optimizations import compile as compile_
+
+    return compile_.apply(model, example_inputs, compile_.CompileConfig(device=ctx.device))
+
+
+# Every bench file times eager fp32 in its own groups: the baseline of its speedups.
+EAGER = Variant("eager", eager_runner, check="exact")
+COMPILE = Variant("compile", compile_runner, check="exact", compiles=True)

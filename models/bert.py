@@ -41,5 +41,6 @@ register(
         example_inputs=bert_inputs,
         default_batch_sizes=(1, 64),
         tags=frozenset({"nlp"}),
+        input_names=("input_ids", "attention_mask"),
     )
 )

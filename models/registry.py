@@ -19,6 +19,7 @@ class ModelSpec:
     num_classes: int | None = None  # classifiers only
     tags: frozenset[str] = field(default_factory=frozenset)  # vision, conv, nlp, activation-slot, torchvision
     pretrained: Callable[[], dict] | None = None  # loads pretrained weights from the local cache only
+    input_names: tuple[str, ...] = ("input",)  # names of the inputs, for ONNX graphs and engines
 
     @property
     def is_conv(self) -> bool:

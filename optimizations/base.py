@@ -23,6 +23,7 @@ class Runner:
     verify: raises when the optimization did not engage (graph breaks, silent provider fallback...); called after
         the first run.
     info: facts worth keeping with the result (graph count, provider, fallback reasons...).
+    device_memory: "torch" when torch's CUDA allocator holds the memory, "nvml" for engines torch cannot see.
     """
 
     fn: Callable[..., Any]
@@ -31,6 +32,7 @@ class Runner:
     artifact_files: tuple[str, ...] = ()
     verify: Callable[[], None] = lambda: None
     info: dict = field(default_factory=dict)
+    device_memory: str = "torch"
 
     def __call__(self, *inputs: Any) -> Any:
         return self.fn(*inputs)

@@ -30,6 +30,21 @@ def _graph_stats() -> tuple[int, int, dict]:
     return sum(breaks.values()), counters["stats"]["unique_graphs"], breaks
 
 
+def graph_break_check(info: dict, allowed: int = 0):
+    """A verify() for a compiled Runner: at least one graph, at most `allowed` graph breaks (recorded in info)."""
+
+    def verify() -> None:
+        n_breaks, n_graphs, breaks = _graph_stats()
+        info.update(graph_breaks=n_breaks, graphs=n_graphs)
+        if n_graphs < 1:
+            raise NotEngagedError("torch.compile produced no graph: the model ran eagerly")
+        if n_breaks > allowed:
+            reasons = "; ".join(f"{reason} (x{count})" for reason, count in list(breaks.items())[:5])
+            raise NotEngagedError(f"{n_breaks} graph breaks (allowed {allowed}): {reasons}")
+
+    return verify
+
+
 def apply(model: nn.Module, example_inputs: tuple, config: CompileConfig) -> Runner:
     # A fresh Dynamo state per variant: cached graphs of an earlier variant would otherwise count against the
     # recompile limit, past which Dynamo silently runs eager.
@@ -40,14 +55,6 @@ def apply(model: nn.Module, example_inputs: tuple, config: CompileConfig) -> Run
     compiled = torch.compile(model, mode=config.mode, backend=config.backend, dynamic=config.dynamic)
     fn = autocast_fn(compiled, config.device, config.autocast_dtype) if config.autocast_dtype else compiled
     info: dict = {"compile_mode": config.mode or "default", "backend": config.backend}
-
-    def verify() -> None:
-        n_breaks, n_graphs, breaks = _graph_stats()
-        info.update(graph_breaks=n_breaks, graphs=n_graphs)
-        if n_graphs < 1:
-            raise NotEngagedError("torch.compile produced no graph: the model ran eagerly")
-        if n_breaks > config.allowed_graph_breaks:
-            reasons = "; ".join(f"{reason} (x{count})" for reason, count in list(breaks.items())[:5])
-            raise NotEngagedError(f"{n_breaks} graph breaks (allowed {config.allowed_graph_breaks}): {reasons}")
+    verify = graph_break_check(info, config.allowed_graph_breaks)
 
     return Runner(fn=fn, prepare=prepare, model=model, verify=verify, info=info)

@@ -28,7 +28,7 @@ def test_saved_run_has_every_field(tiny_run):
         assert info["speedup_vs_eager"] == pytest.approx(info["eager_median_ms"] / info["median_ms"])
         assert info["peak_device_mb"] is None and info["peak_host_mb"] > 100
         assert info["gflops"] > 0 and info["model_size_mb"] > (40 if info["dtype"] == "fp32" else 20)
-        assert bench["group"] == f"resnet18-bs{info['batch_size']}"
+        assert bench["group"] == f"inference/resnet18-bs{info['batch_size']}" and info["family"] == "inference"
 
 
 def test_eager_is_its_own_baseline_and_others_share_it(tiny_run):
@@ -66,7 +66,7 @@ def test_gpu_only_variant_skips_with_a_reason(tiny_run):
 
 def test_end_of_run_report_is_printed_and_written(tiny_run):
     result, _, where = tiny_run
-    assert "nn-speedups report" in result.stdout and "### resnet18 (cpu)" in result.stdout
+    assert "nn-speedups report" in result.stdout and "### inference: resnet18 (cpu)" in result.stdout
     written = sorted(p.name for p in (where / "reports").iterdir())
     assert any(n.endswith(".md") for n in written) and any(n.endswith(".csv") for n in written)
     assert any(n.endswith("-speedup.png") for n in written) and any(n.endswith("-latency.png") for n in written)
@@ -76,7 +76,7 @@ def test_end_of_run_report_is_printed_and_written(tiny_run):
     "args, message",
     [
         (["--models", "resnet18,alexnet"], "--models: unknown alexnet; valid: bert-base, convnext-seed"),
-        (["--variants", "eager,turbo"], "--variants: unknown turbo; valid: amp-bf16, amp-fp16"),
+        (["--variants", "eager,turbo"], "--variants: unknown turbo; valid: amp, amp-bf16, amp-fp16"),
         (["--profile", "fast"], "argument --profile: invalid choice: 'fast'"),
         (["--batch-sizes", "1,x"], "--batch-sizes '1,x': give positive integers"),
         (["--image-size", "100"], "--image-size 100: give a positive multiple of 32"),

@@ -22,7 +22,7 @@ def test_report_from_a_saved_run(tiny_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     md = out.with_suffix(".md").read_text()
-    assert "### resnet18 (cpu)" in md and "| eager-fp32 |" in md and "| compile-fp32 |" in md
+    assert "### inference: resnet18 (cpu)" in md and "| eager-fp32 |" in md and "| compile-fp32 |" in md
     assert "BS 1 ms" in md and "BS 2 speedup" in md
     with open(out.with_suffix(".csv")) as f:
         csv_rows = list(csv.DictReader(f))
