@@ -1,0 +1,172 @@
+"""FastSwish, from the autograd reference to the Triton kernels (kernels/), at two levels.
+
+Kernel level (`test_kernel`): forward (read x, write y), backward (read x and dy, write dx) and both, over tensor
+sizes (quick: 2^16..2^22 elements; full: 2^16..2^28), for `reference-eager` (plain torch ops under autograd),
+`reference-compile` (the same, torch.compile'd), `custom-function` (saves only x), `triton` (the torch.library op),
+and torch's own `gelu`, `hardswish`, `relu` for comparison. extra_info adds `achieved_gbps` (the fewest bytes the
+pass must move: 2N elements forward, 3N backward, 5N both, over the median time) and `pct_of_copy_bw`, against a
+device-to-device copy bandwidth this session measures once. Correctness first: outputs and gradients against the
+float64 reference (or torch's op in float64), within the dtype tolerance.
+
+Model level (`test_model_inference`, `test_model_training`): convnext-seed with gelu-tanh, relu and each FastSwish
+implementation, eager and compiled: inference latency, training-step time (forward, backward, AdamW), peak device
+memory and, for eager training, the bytes autograd saves for backward (the seed's memory finding: the autograd
+reference saves far more than the custom backward).
+
+On a CPU the `triton` op runs the custom Function's math (`backend` in extra_info says so) unless
+TRITON_INTERPRET=1, where the kernel-level timing is skipped: timing the interpreter means nothing.
+
+    pytest benches/test_fastswish.py --benchmark-autosave
+    pytest benches/test_fastswish.py -k test_kernel --profile full           # on a GPU: 2^16 .. 2^28 elements
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import timing
+from harness.bench import measure_rounds
+from harness.correctness import check_exact
+from harness.matrix import matrix
+from harness.plugin import SETTINGS, VARIANT_NAMES
+from harness.variant import COMPILE, EAGER, Variant
+from kernels.fastswish import fastswish_custom, fastswish_reference
+from kernels.fastswish_triton import TRITON_INTERPRETER, backend_for, fastswish_triton
+from optimizations import training
+
+IMPLEMENTATIONS = {
+    "reference-eager": lambda: fastswish_reference,
+    "reference-compile": lambda: torch.compile(fastswish_reference, dynamic=False),
+    "custom-function": lambda: fastswish_custom,
+    "triton": lambda: fastswish_triton,
+    "gelu": lambda: F.gelu,
+    "hardswish": lambda: F.hardswish,
+    "relu": lambda: F.relu,
+}
+REFERENCES = {"gelu": F.gelu, "hardswish": F.hardswish, "relu": F.relu}  # the rest: fastswish_reference
+BYTES_PER_ELEMENT_MOVED = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}  # tensors read + written, in elements
+KERNEL_DTYPES = ("fp32", "bf16")
+
+
+def _count(n: int) -> str:
+    """64K, 1M, 256M: element counts as node ids can hold them (-k expressions reject '^')."""
+    return f"{n >> 20}M" if n >= 1 << 20 else f"{n >> 10}K"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.function.__name__ != "test_kernel":
+        return
+    settings = metafunc.config.stash[SETTINGS]
+    metafunc.config.stash[VARIANT_NAMES].update(IMPLEMENTATIONS)  # --variants selects implementations too
+    params = [
+        pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}")
+        for impl in IMPLEMENTATIONS
+        for mode in BYTES_PER_ELEMENT_MOVED
+        for dtype in KERNEL_DTYPES
+        for n in settings.profile.kernel_sizes
+    ]
+    metafunc.parametrize("variant, mode, dtype, n", params)
+
+
+@pytest.fixture(scope="session")
+def copy_bandwidth_gbps(settings) -> float:
+    """Device-to-device copy bandwidth, bytes read plus bytes written per second, measured once per session."""
+    n = max(settings.profile.kernel_sizes)
+    src = torch.randn(n, device=settings.device)
+    dst = torch.empty_like(src)
+    summary = measure_rounds(lambda: dst.copy_(src), timing.synchronizer(settings.device), settings.profile)
+    return 2 * src.nbytes / (summary.median_ms / 1e3) / 1e9
+
+
+def _reference(impl: str):
+    return REFERENCES.get(impl, fastswish_reference)
+
+
+def _check(impl: str, mode: str, fn, x: torch.Tensor, dy: torch.Tensor, label: str) -> None:
+    """Forward values and input gradients against the float64 reference, within the dtype tolerance."""
+    x64 = x.detach().double().requires_grad_()
+    y64 = _reference(impl)(x64)
+    if mode == "fwd":
+        with torch.no_grad():
+            check_exact(fn(x), y64.detach(), x.dtype, label=label)
+        return
+    (dx64,) = torch.autograd.grad(y64, x64, dy.double())
+    (dx,) = torch.autograd.grad(fn(x), x, dy)
+    check_exact(dx, dx64, x.dtype, label=label)
+
+
+def test_kernel(variant, mode, dtype, n, settings, measure_fn, copy_bandwidth_gbps):
+    impl = variant
+    backend = backend_for(settings.device) if impl == "triton" else "torch"
+    if backend == TRITON_INTERPRETER:
+        pytest.skip("TRITON_INTERPRET=1 runs the kernels in an interpreter: timing it means nothing")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    generator = torch.Generator().manual_seed(n)
+    # 4 sigma spans every branch: x > 3, the middle, x < -3
+    x = (4 * torch.randn(n, generator=generator)).to(settings.device, torch_dtype).requires_grad_(mode != "fwd")
+    dy = torch.randn(n, generator=generator).to(settings.device, torch_dtype)
+    torch._dynamo.reset()
+    fn = IMPLEMENTATIONS[impl]()
+    label = f"{impl}-{mode}-{dtype}-n{n}"
+    _check(impl, mode, fn, x, dy, label)
+    if mode == "fwd":
+        no_grad_fn = fn
+
+        def run():
+            with torch.no_grad():
+                return no_grad_fn(x)
+    elif mode == "bwd":
+        y = fn(x)  # one graph, kept: each round runs only the backward
+
+        def run():
+            return torch.autograd.grad(y, x, dy, retain_graph=True)
+    else:
+
+        def run():
+            return torch.autograd.grad(fn(x), x, dy)
+
+    moved = BYTES_PER_ELEMENT_MOVED[mode] * n * x.element_size()
+
+    def bandwidth(fields: dict) -> dict:
+        gbps = moved / (fields["median_ms"] / 1e3) / 1e9
+        return {"achieved_gbps": gbps, "pct_of_copy_bw": 100 * gbps / copy_bandwidth_gbps}
+
+    record = {
+        "family": "fastswish-kernel",
+        "model": "fastswish-kernel",
+        "variant": impl,
+        "mode": mode,
+        "device": settings.device,
+        "dtype": dtype,
+        "elements": n,
+        "batch_size": n,
+        "backend": backend,
+        "bytes_moved": moved,
+        "copy_gbps": copy_bandwidth_gbps,
+    }
+    measure_fn(f"fastswish-kernel/{mode}-{dtype}-n{_count(n)}", run, settings.device, record, bandwidth)
+
+
+ACTIVATIONS = ["gelu-tanh", "relu", "fastswish", "fastswish-custom", "fastswish-triton"]
+TRAINING_VARIANTS = [
+    Variant("vanilla", training.step_apply(), check="exact"),
+    Variant("compile", training.step_apply(compile=True), check="exact", compiles=True),
+]
+
+
+@matrix([EAGER, COMPILE], models=["convnext-seed"], activations=ACTIVATIONS)
+def test_model_inference(case, measure, benchmark):
+    record = measure(case)
+    record["backend"] = benchmark.extra_info["backend"] = _backend(case)
+
+
+@matrix(TRAINING_VARIANTS, models=["convnext-seed"], activations=ACTIVATIONS, training=True)
+def test_model_training(case, measure_training, benchmark):
+    record = measure_training(case)
+    record["backend"] = benchmark.extra_info["backend"] = _backend(case)
+
+
+def _backend(case) -> str:
+    return backend_for(case.device) if case.activation == "fastswish-triton" else "torch"
