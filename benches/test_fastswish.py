@@ -1,7 +1,8 @@
 """FastSwish, from the autograd reference to the Triton kernels (kernels/), at two levels.
 
 Kernel level (`test_kernel`): forward (read x, write y), backward (read x and dy, write dx) and both, over tensor
-sizes (quick: 2^16..2^22 elements; full: 2^16..2^28), for `reference-eager` (plain torch ops under autograd),
+sizes (quick: 2^16 and 2^20 elements in fp32; full: 2^16..2^28 in fp32 and bf16), for `reference-eager` (plain
+torch ops under autograd),
 `reference-compile` (the same, torch.compile'd), `custom-function` (saves only x), `triton` (the torch.library op),
 and torch's own `gelu`, `hardswish`, `relu` for comparison. extra_info adds `achieved_gbps` (the fewest bytes the
 pass must move: 2N elements forward, 3N backward, 5N both, over the median time) and `pct_of_copy_bw`, against a
@@ -47,7 +48,6 @@ IMPLEMENTATIONS = {
 }
 REFERENCES = {"gelu": F.gelu, "hardswish": F.hardswish, "relu": F.relu}  # the rest: fastswish_reference
 BYTES_PER_ELEMENT_MOVED = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}  # tensors read + written, in elements
-KERNEL_DTYPES = ("fp32", "bf16")
 
 
 def _count(n: int) -> str:
@@ -64,7 +64,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}")
         for impl in IMPLEMENTATIONS
         for mode in BYTES_PER_ELEMENT_MOVED
-        for dtype in KERNEL_DTYPES
+        for dtype in settings.profile.kernel_dtypes
         for n in settings.profile.kernel_sizes
     ]
     metafunc.parametrize("variant, mode, dtype, n", params)

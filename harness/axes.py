@@ -34,6 +34,10 @@ class Profile:
     train_image_size: int  # the training benches' input size
     train_batch_sizes: tuple[int, ...]  # the training benches' batch sizes
     kernel_sizes: tuple[int, ...]  # elements per tensor in the kernel-level benches
+    kernel_dtypes: tuple[str, ...]  # dtypes of the kernel-level benches
+    accuracy_models: tuple[str, ...]  # without --weights: trained once on --data so accuracy columns mean something
+    family_models: dict[str, tuple[str, ...]]  # per bench family, the models it runs (others: `models`)
+    compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
 
 
@@ -59,7 +63,11 @@ PROFILES = {
         run_slow=False,
         train_image_size=64,
         train_batch_sizes=(16,),
-        kernel_sizes=(2**16, 2**20, 2**22),
+        kernel_sizes=(2**16, 2**20),
+        kernel_dtypes=("fp32",),
+        accuracy_models=("resnet18",),
+        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base")},
+        compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
     ),
     "full": Profile(
@@ -84,6 +92,10 @@ PROFILES = {
         train_image_size=224,
         train_batch_sizes=(128,),
         kernel_sizes=(2**16, 2**20, 2**24, 2**26, 2**28),
+        kernel_dtypes=("fp32", "bf16"),
+        accuracy_models=(),
+        family_models={},
+        compile_training_activations=True,
         summary="the seeds' settings: images 224x224, batch sizes 1 and 64, every model and variant",
     ),
 }

@@ -16,7 +16,7 @@ import torch
 
 from harness import metrics, timing
 from harness.axes import Profile
-from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training, top1_agreement
+from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training
 from harness.variant import Variant, VariantContext
 from models.registry import ModelSpec, build_model, count_parameters
 
@@ -54,6 +54,8 @@ class Baseline:
     reference: object
     params: int
     gflops: float
+    weights: str  # "random", or the file the weights came from
+    trained: bool  # weights trained on the data source's labels: accuracy columns for every variant
     eager: timing.Summary | None = None
 
 
@@ -121,7 +123,12 @@ class BaselineCache:
 
     def _build(self, case: Case) -> Baseline:
         s = self.settings
-        model = build_model(case.spec, s.image_size, activation=case.activation, weights=s.weights).to(s.device)
+        weights = s.weights
+        if weights is None and case.spec.name in s.profile.accuracy_models and case.activation is None:
+            from harness.accuracy import trained_checkpoint
+
+            weights = str(trained_checkpoint(case.spec.name, s.image_size, s.device, s.data))
+        model = build_model(case.spec, s.image_size, activation=case.activation, weights=weights).to(s.device)
         inputs = case.spec.example_inputs(case.batch_size, s.image_size, s.device)
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -134,6 +141,8 @@ class BaselineCache:
             reference=reference,
             params=count_parameters(model),
             gflops=counter.get_total_flops() / 1e9,
+            weights=weights or "random",
+            trained=weights not in (None, "", "random", "pretrained"),
         )
 
     def eager_summary(self, case: Case) -> timing.Summary:
@@ -183,7 +192,7 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         base.eager = summary
     eager = baselines.eager_summary(case)
     peak_device_mb = device_peak.peak_mb if runner.device_memory == "torch" or not is_cuda else nvml.peak_mb
-    accuracy = agreement(runner, inputs, base, case, settings) if variant.check == "lossy" else {}
+    accuracy = accuracy_fields(runner, base, case, settings)
     model_size = (
         metrics.files_bytes(*runner.artifact_files)
         if runner.artifact_files
@@ -238,45 +247,19 @@ def calibration_feeds(ctx: VariantContext) -> list[dict]:
     return [{name: images[i : i + CALIBRATION_BATCH]} for i in range(0, CALIBRATION_IMAGES, CALIBRATION_BATCH)]
 
 
-_EVAL_IMAGES: dict[tuple, torch.Tensor] = {}
-
-
-def eval_images(settings: Settings) -> torch.Tensor:
-    """The first `eval_samples` validation images of the data source at the run's image size, cached."""
-    key = (settings.data, settings.image_size, settings.eval_samples)
-    if key not in _EVAL_IMAGES:
-        from harness.data import build_datasets
-
-        val = build_datasets(settings.data, image_size=settings.image_size, eval_samples=settings.eval_samples).val
-        _EVAL_IMAGES[key] = torch.stack([val[i][0] for i in range(len(val))])
-    return _EVAL_IMAGES[key]
-
-
-def agreement(runner, example_inputs: tuple, base: Baseline, case: Case, settings: Settings) -> dict:
-    """Top-1 agreement of a lossy classifier variant with eager on data-source images (batches of the case's size).
-
-    distinct_top1 says how many classes eager predicts over those images: random-weight models often predict one
-    class for everything, which makes agreement trivially high.
-    """
+def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> dict:
+    """top-1/top-5 and agreement with eager on the evaluation images, for image classifiers: for every variant when
+    the weights are trained (a checkpoint, --weights, or the quick profile's trained model), else for lossy variants
+    only (agreement is their correctness criterion; distinct_top1 says whether random weights make it trivial)."""
     if not case.spec.num_classes or "vision" not in case.spec.tags:
         return {}
-    images = eval_images(settings)
-    n = len(images) - len(images) % case.batch_size
-    outs, refs = [], []
-    with torch.inference_mode():
-        for start in range(0, n, case.batch_size):
-            batch = images[start : start + case.batch_size].to(case.device)
-            outs.append(torch.as_tensor(runner(*runner.prepare((batch,)))).float().cpu())
-            refs.append(base.model(batch).float().cpu())
-    if not outs:
+    if not (base.trained or case.variant.check == "lossy"):
         return {}
-    out, ref = torch.cat(outs), torch.cat(refs)
-    return {
-        "top1_agreement": top1_agreement(out, ref),
-        "eval_images": len(out),
-        "eval_data": settings.data,
-        "distinct_top1": int(ref.argmax(-1).unique().numel()),
-    }
+    from harness.accuracy import eval_set, evaluate
+
+    images, labels = eval_set(settings.data, settings.image_size, settings.eval_samples)
+    fields = evaluate(runner, base.model, case.batch_size, case.device, images, labels)
+    return {**fields, "eval_data": settings.data, "weights": base.weights}
 
 
 def cuda_memory_numbers() -> str:

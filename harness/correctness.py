@@ -119,23 +119,24 @@ CHECKS = {"exact": check_exact, "lowp": check_lowp, "lossy": check_lossy}
 
 
 # Training: after TRAINING_CHECK_STEPS steps on one fixed batch from the same weights, a variant's loss must have
-# gone down and stay within this relative distance of eager fp32's loss (reordered fp32 sums drift a little over
-# steps; 16-bit autocast drifts more).
+# gone down, and its last loss must be within TRAINING_LOSS_RTOL x (eager fp32's first loss) of eager's last loss.
+# Scaled by the first loss, not the last: the last approaches 0 as the batch is memorized, where any relative
+# difference blows up; reordered fp32 sums drift a little over steps, 16-bit autocast more.
 TRAINING_CHECK_STEPS = 4
 TRAINING_LOSS_RTOL = {"exact": 0.02, "lowp": 0.10, "lossy": 0.20}
 
 
 def check_training(losses: list[float], reference: list[float], criterion: str, label: str = "") -> dict:
-    """Loss goes down over the steps, and the last loss is within TRAINING_LOSS_RTOL of eager fp32's."""
+    """Loss goes down over the steps, and the last loss stays near eager fp32's (see TRAINING_LOSS_RTOL)."""
     if not all(math.isfinite(v) for v in losses):
         raise CorrectnessError(f"{label} [training] non-finite loss: {losses}")
     if not losses[-1] < losses[0]:
         raise CorrectnessError(f"{label} [training] loss did not go down over {len(losses)} steps: {losses}")
     rtol = TRAINING_LOSS_RTOL[criterion]
-    drift = abs(losses[-1] - reference[-1]) / abs(reference[-1])
+    drift = abs(losses[-1] - reference[-1]) / abs(reference[0])
     if drift > rtol:
         raise CorrectnessError(
             f"{label} [training] loss after {len(losses)} steps {losses[-1]:.5f} vs eager fp32 {reference[-1]:.5f}: "
-            f"relative difference {drift:.4f} > {rtol}"
+            f"difference {drift:.4f} of eager's first loss {reference[0]:.5f} > {rtol}"
         )
     return {"check": f"training-{criterion}", "loss_first": losses[0], "loss_last": losses[-1], "loss_drift": drift}

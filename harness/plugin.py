@@ -38,11 +38,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--batch-sizes", default=None, help="comma-separated batch sizes, e.g. 1,4,8,16,32,64,128,256")
     group.addoption("--variants", default=None, help="comma-separated variant names to run (default: all)")
     group.addoption("--image-size", type=int, default=None, help="input height and width (default: the profile's)")
-    group.addoption("--weights", default=None, help="a state-dict file to load, or 'pretrained' (local cache only)")
+    group.addoption(
+        "--weights",
+        default=None,
+        help="a state-dict file to load, 'pretrained' (torchvision's, local cache only) or 'random' (also for the "
+        "models the quick profile would otherwise train once for its accuracy columns)",
+    )
     group.addoption(
         "--data",
-        default="synthetic",
-        help="images for calibration and accuracy: synthetic, tinyimagenet:PATH or imagenet-val:PATH",
+        default=None,
+        help="images for calibration and accuracy: synthetic (default), tinyimagenet:PATH or imagenet-val:PATH",
+    )
+    group.addoption(
+        "--checkpoint",
+        default=None,
+        help="a harness.train checkpoint: its weights, and by default its model, data and image size; every "
+        "inference variant then reports top-1/top-5 on the data's evaluation images",
     )
     group.addoption("--eval-samples", type=int, default=None, help="evaluation images (default: quick 128, full 1024)")
     group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
@@ -57,6 +68,7 @@ def _settings(config: pytest.Config) -> Settings:
 
     from models import REGISTRY
 
+    checkpoint = _checkpoint_config(config)
     device = config.getoption("--device")
     if device is None:
         device = "cuda" if capabilities.has_cuda() else "cpu"
@@ -72,7 +84,7 @@ def _settings(config: pytest.Config) -> Settings:
             "(torch.cuda.is_available() is False); run with --device cpu, or on a machine with an NVIDIA GPU"
         )
     profile = PROFILES[config.getoption("--profile") or default_profile(device)]
-    models = _csv(config.getoption("--models"))
+    models = _csv(config.getoption("--models")) or ([checkpoint["model"]] if checkpoint.get("model") else None)
     if models is not None:
         unknown = [m for m in models if m not in REGISTRY]
         if unknown:
@@ -83,7 +95,7 @@ def _settings(config: pytest.Config) -> Settings:
             raise pytest.UsageError(
                 f"--batch-sizes {config.getoption('--batch-sizes')!r}: give positive integers, e.g. 1,8,64"
             )
-    image_size = config.getoption("--image-size") or profile.image_size
+    image_size = config.getoption("--image-size") or checkpoint.get("image_size") or profile.image_size
     if image_size <= 0 or image_size % 32:
         raise pytest.UsageError(f"--image-size {image_size}: give a positive multiple of 32 (e.g. 224)")
     from dataclasses import replace
@@ -94,7 +106,7 @@ def _settings(config: pytest.Config) -> Settings:
         batch_sizes=tuple(int(b) for b in batches) if batches else profile.batch_sizes,
         compile_models=profile.compile_models if models is None else None,
     )
-    data = config.getoption("--data")
+    data = config.getoption("--data") or checkpoint.get("data") or "synthetic"
     try:
         from harness.data import parse_source
 
@@ -106,11 +118,33 @@ def _settings(config: pytest.Config) -> Settings:
         device=device,
         profile=profile,
         image_size=image_size,
-        weights=config.getoption("--weights"),
+        weights=config.getoption("--checkpoint") or config.getoption("--weights"),
         data=data,
         eval_samples=eval_samples,
         train_image_size=config.getoption("--image-size") or profile.train_image_size,
     )
+
+
+def _checkpoint_config(config: pytest.Config) -> dict:
+    """The training configuration saved in --checkpoint (empty without one)."""
+    path = config.getoption("--checkpoint")
+    if path is None:
+        return {}
+    if config.getoption("--weights"):
+        raise pytest.UsageError("give --weights or --checkpoint, not both")
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise pytest.UsageError(
+            f"--checkpoint {path}: no such file (python -m harness.train writes OUT_DIR/last.pt)"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch.load raises many kinds for a file that is not a checkpoint
+        raise pytest.UsageError(f"--checkpoint {path}: not a checkpoint torch can load ({error})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise pytest.UsageError(f"--checkpoint {path}: no 'model' state dict in it (was it written by harness.train?)")
+    return saved.get("config") or {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -128,7 +162,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
-def _skip_reason(case: Case, settings: Settings) -> str | None:
+def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str | None:
     variant, profile = case.variant, settings.profile
     if "gpu" in variant.marks and settings.device == "cpu":
         return f"{variant.name} is GPU-only: " + (
@@ -141,6 +175,11 @@ def _skip_reason(case: Case, settings: Settings) -> str | None:
         return (
             f"compiled variants of {case.spec.name} are left out of the {profile.name} profile to keep it short; "
             f"run with --profile full or --models {case.spec.name}"
+        )
+    if training and variant.compiles and case.activation and not profile.compile_training_activations:
+        return (
+            f"compiling a training step takes minutes on a CPU: compiled training with {case.activation} runs in "
+            "--profile full"
         )
     if "slow" in variant.marks and not profile.run_slow:
         return f"{variant.name} is slow: it runs in --profile full"
@@ -157,6 +196,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     family = metafunc.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     metafunc.config.stash[VARIANT_NAMES].update(v.name for v in spec_matrix.variants)
     models = [m for m in settings.profile.models if spec_matrix.models is None or m in spec_matrix.models]
+    family_models = settings.profile.family_models.get(family)
+    if metafunc.config.getoption("--models") or metafunc.config.getoption("--checkpoint"):
+        family_models = None  # models named on the command line run in every bench
     batch_sizes = settings.profile.train_batch_sizes if spec_matrix.training else settings.profile.batch_sizes
     if spec_matrix.training and metafunc.config.getoption("--batch-sizes"):
         batch_sizes = settings.profile.batch_sizes  # an explicit --batch-sizes applies to every bench
@@ -168,7 +210,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for variant in spec_matrix.variants:
                     case = Case(spec, batch, variant, settings.device, activation, family)
                     marks = [getattr(pytest.mark, m) for m in variant.marks]
-                    reason = _skip_reason(case, settings)
+                    reason = _skip_reason(case, settings, spec_matrix.training)
+                    if family_models is not None and model not in family_models:
+                        reason = (
+                            f"{family} runs {', '.join(family_models)} in the {settings.profile.name} profile; "
+                            f"--models {model} or --profile full runs {model}"
+                        )
                     if reason:
                         marks.append(pytest.mark.skip(reason=reason))
                     params.append(pytest.param(case, id=case.id, marks=marks))

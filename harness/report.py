@@ -48,6 +48,10 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def _label(row: dict) -> str:
     dtype = row.get("dtype") or ""
     return row["variant"] if row["variant"].endswith(dtype) else f"{row['variant']}-{dtype}"
@@ -109,7 +113,8 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
         header = ["variant"]
         for b in batches:
             header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} peak {mem_kind} MB"]
-        header += ["compile s", "check"]
+        with_accuracy = any(r.get("top1") is not None for r in model_rows)
+        header += ["compile s", "check"] + (["top-1", "top-5", "agrees with eager"] if with_accuracy else [])
         variants: dict[str, dict[int, dict]] = defaultdict(dict)
         for r in model_rows:
             variants[_label(r)][r["batch_size"]] = r
@@ -130,6 +135,8 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
                 )
             any_row = next(iter(per_batch.values()))
             cells += [_fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1), _check_cell(any_row)]
+            if with_accuracy:
+                cells += [_pct(any_row.get("top1")), _pct(any_row.get("top5")), _pct(any_row.get("top1_agreement"))]
             body.append(cells)
         title = f"{family}: {model}" + (f" with {activation}" if activation else "") + f" ({device})"
         tables.append((title, _markdown_table(header, body)))
@@ -186,14 +193,16 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
                 (r for r in table_rows if r.get("family") == family and r["model"] == model),
                 key=lambda r: (_label(r), r["batch_size"]),
             )
-            header = ["technique", "batch", "model size MB", "top-1 agree", "RAM MB", "VRAM MB", "latency ms",
-                      "samples/s"]  # fmt: skip
+            header = ["technique", "batch", "model size MB", "top-1", "top-5", "top-1 agrees", "RAM MB", "VRAM MB",
+                      "latency ms", "samples/s"]  # fmt: skip
             body = [
                 [
                     _label(r),
                     str(r["batch_size"]),
                     _fmt(r.get("model_size_mb"), 1),
-                    _fmt(r.get("top1_agreement"), 3),
+                    _pct(r.get("top1")),
+                    _pct(r.get("top5")),
+                    _pct(r.get("top1_agreement")),
                     _fmt(r.get("peak_host_mb"), 0),
                     _fmt(r.get("peak_device_mb"), 0),
                     _fmt(r["median_ms"]),
@@ -338,13 +347,8 @@ def plot_speedups(run_rows: list[dict], path: Path) -> Path:
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         values = []
-        for model, act, batch in groups:
-            match = [
-                r
-                for r in run_rows
-                if (r["model"], r.get("activation") or "", r["batch_size"]) == (model, act, batch)
-                and _label(r) == label
-            ]
+        for group in groups:
+            match = [r for r in run_rows if where(r) == group and _label(r) == label]
             values.append(match[0]["speedup_vs_eager"] if match else 0.0)
         ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)

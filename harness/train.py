@@ -87,6 +87,7 @@ from torch.utils.data import Subset
 from harness.capabilities import has_cuda
 from harness.data import build_datasets, make_loader, parse_source, stratified_subset
 from harness.ghost_bn import use_ghost_batchnorm
+from models.registry import set_num_classes
 
 # Fields that must match between a checkpoint and the run resuming from it.
 IDENTITY_FIELDS = ("model", "data", "image_size", "num_classes", "activation", "ghost_batch_size", "train_samples")
@@ -150,26 +151,6 @@ def lr_at_step(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def set_num_classes(model: nn.Module, num_classes: int) -> nn.Module:
-    """Replace the model's last nn.Linear (its classifier head) by a fresh one with `num_classes` outputs.
-
-    Works for convnext-seed and resnet (model.fc), densenet (model.classifier), mobilenet_v3 and convnext_tiny
-    (model.classifier[-1]). A head that already has `num_classes` outputs is left untouched. Returns the model.
-    """
-    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear head to resize")
-    name = linears[-1]
-    head = model.get_submodule(name)
-    if head.out_features == num_classes:
-        return model
-    parent_name, _, child_name = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    new_head = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
-    setattr(parent, child_name, new_head.to(device=head.weight.device, dtype=head.weight.dtype))
-    return model
 
 
 def trainable_models() -> list[str]:

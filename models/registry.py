@@ -51,7 +51,8 @@ def image_inputs(batch_size: int, image_size: int = 224, device: str = "cpu", se
 def build_model(
     spec: ModelSpec, image_size: int, activation: str | None = None, weights: str | None = None
 ) -> nn.Module:
-    """Build `spec` in eval mode with seeded random weights, or load `weights` ('pretrained' or a state-dict path)."""
+    """Build `spec` in eval mode with seeded random weights (`weights` None or "random"), or load `weights`:
+    "pretrained" (torchvision's, from the local cache only) or a state-dict / training-checkpoint path."""
     torch.manual_seed(0)
     kwargs = {"image_size": image_size}
     if activation is not None:
@@ -59,19 +60,54 @@ def build_model(
             raise ValueError(f"model {spec.name!r} has no activation slot")
         kwargs["activation"] = activation
     model = spec.build(**kwargs)
-    if weights == "pretrained":
+    if weights in (None, "", "random"):
+        pass  # the seeded random weights above
+    elif weights == "pretrained":
         if spec.pretrained is None:
             raise ValueError(f"model {spec.name!r} has no pretrained weights; pass --weights PATH to a state dict")
         model.load_state_dict(spec.pretrained())
     elif weights:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such file (expected a state dict saved with torch.save)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]  # a training checkpoint
+        state = load_state(weights)
+        head = _head_name(model)
+        if head is not None and f"{head}.weight" in state:
+            set_num_classes(model, state[f"{head}.weight"].shape[0])  # a checkpoint trained on another label set
         model.load_state_dict(state)
     return model.eval()
+
+
+def load_state(path: str | Path) -> dict:
+    """The state dict in `path`: a plain one, or a harness.train checkpoint holding it under "model"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path}: no such file (expected a state dict saved with torch.save)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint
+    return state
+
+
+def _head_name(model: nn.Module) -> str | None:
+    linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def set_num_classes(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the model's last nn.Linear (its classifier head) by a fresh one with `num_classes` outputs.
+
+    Works for convnext-seed and resnet (model.fc), densenet (model.classifier), mobilenet_v3 and convnext_tiny
+    (model.classifier[-1]). A head that already has `num_classes` outputs is left untouched. Returns the model.
+    """
+    name = _head_name(model)
+    if name is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear head to resize")
+    head = model.get_submodule(name)
+    if head.out_features == num_classes:
+        return model
+    parent_name, _, child_name = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    new_head = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    setattr(parent, child_name, new_head.to(device=head.weight.device, dtype=head.weight.dtype))
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,7 +19,7 @@ BENCH = textwrap.dedent(
 
 
     def steady(model, inputs, ctx):
-        delay = 0.02 * float(os.environ.get("SLOWDOWN", "1"))
+        delay = 0.05 * float(os.environ.get("SLOWDOWN", "1"))  # 10% of it is 5 ms: far above sleep's jitter
         out = model(*inputs)
 
         def run(x):
@@ -43,18 +43,19 @@ def _run(pytester, monkeypatch, slowdown: str, *args: str):
     storage = f"file://{pytester.path / 'bench-storage'}"
     return pytester.runpytest_subprocess(
         "-p", "harness.plugin", "--models", "resnet18", "--batch-sizes", "1", "--image-size", "32",
-        f"--benchmark-storage={storage}", "--report-dir", str(pytester.path / "reports"), *args,
+        "--weights", "random", f"--benchmark-storage={storage}", "--report-dir", str(pytester.path / "reports"), *args,
     )  # fmt: skip
 
 
 def test_gate_passes_unchanged_and_fails_a_slowed_variant(pytester, monkeypatch):
     pytester.makepyfile(test_gate_bench=BENCH)
     first = _run(pytester, monkeypatch, "1", "--benchmark-autosave")
+    assert first.ret == 0, first.stdout.str()[-3000:] + first.stderr.str()[-3000:]
     first.assert_outcomes(passed=1)
 
     unchanged = _run(pytester, monkeypatch, "1", "--benchmark-compare", "--benchmark-compare-fail=median:10%")
+    assert unchanged.ret == 0, unchanged.stdout.str()[-3000:] + unchanged.stderr.str()[-3000:]
     unchanged.assert_outcomes(passed=1)
-    assert unchanged.ret == 0, unchanged.stdout.str()
 
     slowed = _run(pytester, monkeypatch, "2", "--benchmark-compare", "--benchmark-compare-fail=median:10%")
     assert slowed.ret != 0
