@@ -16,6 +16,8 @@ the precision asked for in its layer information.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from harness.bench import calibration_feeds
 from harness.matrix import matrix
 from harness.variant import EAGER, Variant
@@ -47,7 +49,7 @@ def engine(precision: str):
 
 
 VARIANTS = [
-    EAGER,
+    replace(EAGER, marks=("gpu", "trt")),  # the baseline only where an engine can run beside it
     Variant("trt-fp32", engine("fp32"), check="lowp", marks=("gpu", "trt")),
     Variant("trt-fp16", engine("fp16"), check="lowp", dtype="fp16", marks=("gpu", "trt")),
     Variant("trt-int8", engine("int8"), check="lossy", dtype="int8", marks=("gpu", "trt"), only="conv"),

@@ -37,9 +37,18 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float |
     return (top == labels[:, None]).any(dim=-1).float().mean().item()
 
 
-def evaluate(runner, reference_model, batch_size: int, device: str, images: torch.Tensor, labels: torch.Tensor):
+def evaluate(
+    runner,
+    reference_model,
+    batch_size: int,
+    device: str,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    trained: bool = True,
+):
     """Run `runner` and eager `reference_model` over the images in batches of `batch_size` (whole batches only: a
-    compiled or engine variant keeps its shapes); return accuracy against labels and agreement with eager."""
+    compiled or engine variant keeps its shapes); return agreement with eager and, when the weights were `trained`
+    on these labels, top-1/top-5 against them."""
     n = len(images) - len(images) % batch_size
     outs, refs = [], []
     with torch.inference_mode():
@@ -55,7 +64,7 @@ def evaluate(runner, reference_model, batch_size: int, device: str, images: torc
         "eval_images": n,
         "distinct_top1": int(ref.argmax(-1).unique().numel()),
     }
-    if int(labels.max()) < out.shape[-1]:  # labels and the model's classes belong together
+    if trained and int(labels.max()) < out.shape[-1]:  # labels and the model's classes belong together
         fields.update(top1=topk_accuracy(out, truth, 1), top5=topk_accuracy(out, truth, 5))
         fields.update(eager_top1=topk_accuracy(ref, truth, 1))
     return fields

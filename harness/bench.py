@@ -258,7 +258,7 @@ def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> d
     from harness.accuracy import eval_set, evaluate
 
     images, labels = eval_set(settings.data, settings.image_size, settings.eval_samples)
-    fields = evaluate(runner, base.model, case.batch_size, case.device, images, labels)
+    fields = evaluate(runner, base.model, case.batch_size, case.device, images, labels, trained=base.trained)
     return {**fields, "eval_data": settings.data, "weights": base.weights}
 
 

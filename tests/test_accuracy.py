@@ -42,6 +42,8 @@ def test_evaluation_drops_the_last_partial_batch_and_skips_foreign_labels(traine
     images, labels = accuracy.eval_set("synthetic", 32, 50)
     fields = accuracy.evaluate(Runner(fn=model), model, 16, "cpu", images, labels + 100)
     assert fields["eval_images"] == 48 and "top1" not in fields  # labels beyond the model's classes
+    untrained = accuracy.evaluate(Runner(fn=model), model, 16, "cpu", images, labels, trained=False)
+    assert "top1" not in untrained and untrained["top1_agreement"] == 1.0  # random weights: agreement only
 
 
 def test_checkpoint_gives_every_variant_accuracy_columns(trained, tmp_path):
