@@ -41,20 +41,22 @@ class Profile:
     summary: str  # what the profile leaves out, for --help and the README
 
 
+ALL_MODELS = (
+    "convnext-seed",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+    "bert-base",
+)
+
 PROFILES = {
     "quick": Profile(
         name="quick",
         image_size=128,
         batch_sizes=(1, 8),
-        models=(
-            "convnext-seed",
-            "resnet18",
-            "resnet50",
-            "densenet121",
-            "mobilenet_v3_large",
-            "convnext_tiny",
-            "bert-base",
-        ),
+        models=ALL_MODELS,
         compile_models=("convnext-seed",),
         timing_budget_s=1.0,
         min_rounds=5,
@@ -74,15 +76,7 @@ PROFILES = {
         name="full",
         image_size=224,
         batch_sizes=(1, 64),
-        models=(
-            "convnext-seed",
-            "resnet18",
-            "resnet50",
-            "densenet121",
-            "mobilenet_v3_large",
-            "convnext_tiny",
-            "bert-base",
-        ),
+        models=ALL_MODELS,
         compile_models=None,
         timing_budget_s=3.0,
         min_rounds=20,

@@ -70,6 +70,20 @@ class Settings:
     train_image_size: int = 224  # the training benches' input size
 
 
+def case_fields(case: Case, profile: str) -> dict:
+    """What a record says of the case itself, the same for every family."""
+    return {
+        "family": case.family,
+        "model": case.spec.name,
+        "activation": case.activation,
+        "variant": case.variant.name,
+        "device": case.device,
+        "dtype": case.variant.dtype_name(case.device),
+        "batch_size": case.batch_size,
+        "profile": profile,
+    }
+
+
 def timing_fields(summary: timing.Summary) -> dict:
     return {
         "rounds": summary.rounds,
@@ -185,9 +199,7 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
             del out
             summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
     except torch.OutOfMemoryError as error:
-        numbers = cuda_memory_numbers()
-        release_memory()
-        raise MeasurementError(f"{case.id}: CUDA out of memory ({numbers}): {str(error).splitlines()[0]}") from None
+        raise out_of_memory(case, error) from None
     if variant.name == "eager":
         base.eager = summary
     eager = baselines.eager_summary(case)
@@ -199,15 +211,8 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         else (metrics.state_dict_bytes(runner.model) if runner.model is not None else None)
     )
     record = {
-        "family": case.family,
-        "model": case.spec.name,
-        "activation": case.activation,
-        "variant": variant.name,
-        "device": case.device,
-        "dtype": variant.dtype_name(case.device),
-        "batch_size": case.batch_size,
+        **case_fields(case, settings.profile.name),
         "image_size": settings.image_size if "vision" in case.spec.tags else None,
-        "profile": settings.profile.name,
         **timing_fields(summary),
         "samples_per_s": timing.samples_per_s(case.batch_size, summary.median_ms),
         "eager_median_ms": eager.median_ms,
@@ -260,6 +265,14 @@ def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> d
     images, labels = eval_set(settings.data, settings.image_size, settings.eval_samples)
     fields = evaluate(runner, base.model, case.batch_size, case.device, images, labels, trained=base.trained)
     return {**fields, "eval_data": settings.data, "weights": base.weights}
+
+
+def out_of_memory(case: Case, error: torch.OutOfMemoryError) -> MeasurementError:
+    """The failure of a case that ran out of CUDA memory, with the allocator's numbers; memory is released so the
+    run goes on with the next case."""
+    numbers = cuda_memory_numbers()
+    release_memory()
+    return MeasurementError(f"{case.id}: CUDA out of memory ({numbers}): {str(error).splitlines()[0]}")
 
 
 def cuda_memory_numbers() -> str:
@@ -333,9 +346,7 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
             check = check_training(losses, base.losses, variant.check, label=case.id)
             summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
     except torch.OutOfMemoryError as error:
-        numbers = cuda_memory_numbers()
-        release_memory()
-        raise MeasurementError(f"{case.id}: CUDA out of memory ({numbers}): {str(error).splitlines()[0]}") from None
+        raise out_of_memory(case, error) from None
     if variant.name == "vanilla":
         base.eager = summary
     if base.eager is None:
@@ -348,15 +359,8 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
         saved = saved_activation_bytes(runner.model, inputs[:1]) / metrics.MB
     images_per_s = timing.samples_per_s(case.batch_size, summary.median_ms)
     return {
-        "family": case.family,
-        "model": case.spec.name,
-        "activation": case.activation,
-        "variant": variant.name,
-        "device": case.device,
-        "dtype": variant.dtype_name(case.device),
-        "batch_size": case.batch_size,
+        **case_fields(case, settings.profile.name),
         "image_size": settings.train_image_size,
-        "profile": settings.profile.name,
         **timing_fields(summary),
         "samples_per_s": images_per_s,
         "images_per_s": images_per_s,
