@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import timing
+from harness.axes import DTYPES
 from harness.bench import measure_rounds
 from harness.correctness import check_exact
 from harness.matrix import matrix
@@ -102,7 +103,7 @@ def test_kernel(variant, mode, dtype, n, settings, measure_fn, copy_bandwidth_gb
     backend = backend_for(settings.device) if impl == "triton" else "torch"
     if backend == TRITON_INTERPRETER:
         pytest.skip("TRITON_INTERPRET=1 runs the kernels in an interpreter: timing it means nothing")
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch_dtype = DTYPES[dtype]
     generator = torch.Generator().manual_seed(n)
     # 4 sigma spans every branch: x > 3, the middle, x < -3
     x = (4 * torch.randn(n, generator=generator)).to(settings.device, torch_dtype).requires_grad_(mode != "fwd")
@@ -112,11 +113,10 @@ def test_kernel(variant, mode, dtype, n, settings, measure_fn, copy_bandwidth_gb
     label = f"{impl}-{mode}-{dtype}-n{n}"
     _check(impl, mode, fn, x, dy, label)
     if mode == "fwd":
-        no_grad_fn = fn
 
         def run():
             with torch.no_grad():
-                return no_grad_fn(x)
+                return fn(x)
     elif mode == "bwd":
         y = fn(x)  # one graph, kept: each round runs only the backward
 
