@@ -1,5 +1,6 @@
 """INT8 with ONNX Runtime: static quantization (QDQ format, per-channel weights, calibrated on data-source images)
-for conv nets, dynamic quantization (int8 weights, activations quantized on the fly) for transformers.
+for conv nets and for a transformer's weight MatMuls (the QDQ graph TensorRT builds INT8 engines from), dynamic
+quantization (int8 weights, activations quantized on the fly) for transformers.
 
 Artifacts are cached beside their fp32 source, keyed by its sha256, the configuration and the calibration data.
 """
@@ -30,7 +31,23 @@ class StaticQuantConfig:
     # TensorRT accepts only symmetric int8 Q/DQ (zero point 0); ORT on x86 is fastest with asymmetric uint8
     # activations, so symmetric is for the QDQ graph that TensorRT builds from.
     symmetric: bool = False
+    # Op types to quantize; empty: every type ORT can quantize (right for conv nets). Transformers: TRANSFORMER_OPS.
+    op_types: tuple[str, ...] = ()
+    # Quantize only MatMuls whose second input is a weight (not attention's activation x activation products).
+    weight_matmuls_only: bool = False
     cache_dir: str = "artifacts/int8"
+
+
+# A transformer's static INT8: the weight MatMuls (projections and feed-forward layers), as TensorRT's and ORT's
+# BERT recipes do; LayerNorm, Softmax, GELU, the embedding gathers and attention's score products stay float.
+TRANSFORMER_OPS = ("MatMul", "Gemm")
+
+
+def static_config(method: str, text_model: bool, symmetric: bool = False) -> StaticQuantConfig:
+    """The static INT8 configuration for a conv net (every quantizable op) or a transformer (weight MatMuls)."""
+    if text_model:
+        return StaticQuantConfig(method, symmetric=symmetric, op_types=TRANSFORMER_OPS, weight_matmuls_only=True)
+    return StaticQuantConfig(method, symmetric=symmetric)
 
 
 @dataclass(frozen=True)
@@ -125,6 +142,8 @@ def quantize_static(
         activation_type=q.QuantType.QInt8 if config.symmetric else q.QuantType.QUInt8,
         weight_type=q.QuantType.QInt8,
         calibrate_method=method,
+        op_types_to_quantize=list(config.op_types) or None,
+        nodes_to_exclude=activation_matmuls(prepared) if config.weight_matmuls_only else None,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if config.symmetric else {},
     )
     prepared.unlink()
@@ -132,6 +151,21 @@ def quantize_static(
         leftover.unlink()
     files = (out,) + tuple(sorted(p for p in folder.iterdir() if p.name not in ("model.onnx", MANIFEST)))
     return _finish(folder, files, source, {"method": config.method, "per_channel": config.per_channel})
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is computed (attention's scores and context products), not a
+    weight: an initializer or a Constant, possibly through Transpose/Reshape/Cast/Identity. ORT's MatMulConstBOnly
+    option is honoured by its QOperator and dynamic quantizers only, not by QDQ, hence this list to exclude."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constant = {t.name for t in graph.initializer}
+    passthrough = {"Transpose", "Reshape", "Cast", "Identity", "Unsqueeze", "Squeeze"}
+    for node in graph.node:  # topological order: a node's inputs are settled before it
+        if node.op_type == "Constant" or (node.op_type in passthrough and node.input and node.input[0] in constant):
+            constant.update(node.output)
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] not in constant]
 
 
 def quantize_dynamic(source: OnnxArtifact, config: DynamicQuantConfig) -> OnnxArtifact:

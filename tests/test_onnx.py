@@ -1,5 +1,7 @@
 """ONNX export, ONNX Runtime sessions and INT8 quantization, on small real models."""
 
+from dataclasses import replace
+
 import onnx
 import onnxruntime
 import pytest
@@ -143,6 +145,39 @@ def test_dynamic_int8_for_a_transformer_layer(tmp_path):
         check_lossy(runner(*runner.prepare(inputs)), model(*inputs))
 
 
+class _Attention(nn.Module):
+    """One attention block with its weight MatMuls and its two activation x activation MatMuls (scores, context)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        scores = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+        return self.out(scores @ v)
+
+
+def test_static_int8_for_a_transformer_quantizes_only_weight_matmuls(tmp_path):
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    inputs = (torch.randn(2, 16, 32),)
+    artifact = export(model, inputs, ExportConfig(name="attention", cache_dir=str(tmp_path)))
+    feeds = [{"input": torch.randn(4, 16, 32).numpy()} for _ in range(4)]
+    for symmetric in (False, True):
+        config = quantize.static_config("minmax", text_model=True, symmetric=symmetric)
+        int8 = quantize.quantize_static(artifact, feeds, replace(config, cache_dir=str(tmp_path / "int8")))
+        graph = onnx.load(str(int8.path))
+        producers = {out: node.op_type for node in graph.graph.node for out in node.output}
+        matmuls = [n for n in graph.graph.node if n.op_type in ("MatMul", "Gemm")]
+        fed_by_dq = [all(producers.get(i) == "DequantizeLinear" for i in n.input[:2]) for n in matmuls]
+        assert sum(fed_by_dq) == 2, (fed_by_dq, op_counts(int8.path))  # qkv and out projections, not the scores
+        assert len(matmuls) == 4
+        runner = ort_.apply(model, inputs, ort_.OrtConfig(), int8)
+        with torch.inference_mode():
+            check_lossy(runner(*runner.prepare(inputs)), model(*inputs))
+
+
 def test_a_model_with_the_fastswish_op_exports_and_runs(tmp_path):
     from kernels.fastswish_triton import FastSwishTriton
 
@@ -177,3 +212,18 @@ def test_a_failing_export_says_why_in_short(tmp_path):
 
 def test_not_engaged_error_is_an_assertion():
     assert issubclass(NotEngagedError, AssertionError)
+
+
+def test_calibration_of_a_text_model_uses_token_batches_the_checks_never_see():
+    from harness.bench import CALIBRATION_BATCH, CALIBRATION_IMAGES, calibration_feeds
+    from harness.variant import VariantContext
+    from models import get_spec
+
+    spec = get_spec("bert-base")
+    feeds = calibration_feeds(VariantContext("cpu", torch.float32, spec, 224, "synthetic"))
+    assert len(feeds) == CALIBRATION_IMAGES // CALIBRATION_BATCH
+    checked = spec.example_inputs(CALIBRATION_BATCH, 224, "cpu")  # what the benches run and check (seed 0)
+    for feed in feeds:
+        assert set(feed) == {"input_ids", "attention_mask"} and feed["input_ids"].shape == (CALIBRATION_BATCH, 128)
+        assert feed["input_ids"].dtype.kind == "i" and not (feed["input_ids"] == checked[0].numpy()).all()
+    assert len({f["input_ids"].tobytes() for f in feeds}) == len(feeds)
