@@ -2,8 +2,9 @@
 for convnext-seed and resnet50, as in seeds 000/001's training table (Vanilla, TC, AMP, TC + AMP).
 
 Measures: step time, images/s, `epoch_s_projected` (TinyImageNet's 100,000 training images at the measured rate;
-compile and data loading excluded: compile_s is reported apart, the data pipeline is harness.train's), peak device
-memory (host RSS on a CPU), autograd's saved-activation bytes for eager variants, speedup over vanilla.
+compile and data loading excluded and reported apart: `compile_s`, and the `--data` source's training pipeline timed
+on its own, `data_images_per_s` / `data_epoch_s_projected` / `epoch_s_projected_with_data`), peak device memory
+(host RSS on a CPU), autograd's saved-activation bytes for eager variants, speedup over vanilla.
 
 Correctness, before timing: from the same seeded weights on the same fixed batch, each variant's loss goes down over
 4 steps and ends within 2% (fp32 variants) or 10% (16-bit autocast) of vanilla fp32's loss

@@ -311,6 +311,46 @@ class TrainingBaseline:
 
 
 _TRAINING: dict[tuple, TrainingBaseline] = {}
+_DATA_RATES: dict[tuple, dict] = {}
+DATA_TIMED_BATCHES = 8  # batches timed after the first (which starts workers and warms caches)
+
+
+def data_pipeline_fields(data: str, image_size: int, batch_size: int, device: str) -> dict:
+    """What the training data pipeline costs, measured apart from the step: batches drawn from `data`'s training
+    split through harness.data's loader and training transforms (decode, resize, crop, flip, normalize), as
+    harness.train feeds them. Worker processes: none on a CPU (they would take the cores the step runs on), up to 8
+    on CUDA. `epoch_s_projected_with_data` adds the data time to compute without workers, and takes the larger of
+    the two with workers (they load while the GPU computes). Cached per process by (data, size, batch, device)."""
+    import os
+
+    from harness.data import build_datasets, make_loader
+
+    key = (data, image_size, batch_size, device)
+    if key not in _DATA_RATES:
+        workers = 0 if torch.device(device).type == "cpu" else min(8, os.cpu_count() or 1)
+        train = build_datasets(data, image_size=image_size).train
+        if train is None:
+            _DATA_RATES[key] = {"data_note": f"{data} has no training split: no data pipeline figure"}
+            return _DATA_RATES[key]
+        batches = min(DATA_TIMED_BATCHES, len(train) // batch_size - 1)
+        if batches < 1:
+            _DATA_RATES[key] = {"data_note": f"{data}'s training split holds fewer than 2 batches of {batch_size}"}
+            return _DATA_RATES[key]
+        loader = iter(make_loader(train, batch_size, shuffle=True, workers=workers, drop_last=True))
+        next(loader)
+        start = time.perf_counter()
+        for _ in range(batches):
+            images, _labels = next(loader)
+            images.to(device, non_blocking=False)
+        timing.synchronizer(device)()
+        elapsed = time.perf_counter() - start
+        _DATA_RATES[key] = {
+            "data_images_per_s": batches * batch_size / elapsed,
+            "data_workers": workers,
+            "data_source": data,
+        }
+        del loader
+    return _DATA_RATES[key]
 
 
 def training_baseline(case: Case, settings: Settings) -> TrainingBaseline:
@@ -366,6 +406,13 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
     if not runner.info.get("graphs") and runner.model is not None:
         saved = saved_activation_bytes(runner.model, inputs[:1]) / metrics.MB
     images_per_s = timing.samples_per_s(case.batch_size, summary.median_ms)
+    epoch_s = TINYIMAGENET_TRAIN_IMAGES / images_per_s
+    data = data_pipeline_fields(settings.data, settings.train_image_size, case.batch_size, settings.device)
+    if "data_images_per_s" in data:
+        data_epoch_s = TINYIMAGENET_TRAIN_IMAGES / data["data_images_per_s"]
+        overlapped = data["data_workers"] > 0  # workers load while the device computes
+        with_data = max(epoch_s, data_epoch_s) if overlapped else epoch_s + data_epoch_s
+        data = {**data, "data_epoch_s_projected": data_epoch_s, "epoch_s_projected_with_data": with_data}
     return {
         **case_fields(case, settings.profile.name),
         "image_size": settings.train_image_size,
@@ -374,7 +421,8 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
         "images_per_s": images_per_s,
         "eager_median_ms": base.eager.median_ms,
         "speedup_vs_eager": timing.speedup(base.eager.median_ms, summary.median_ms),
-        "epoch_s_projected": TINYIMAGENET_TRAIN_IMAGES / images_per_s,
+        "epoch_s_projected": epoch_s,
+        **data,
         "peak_device_mb": device_peak.peak_mb,
         "peak_host_mb": host.peak_mb,
         "saved_activation_mb": saved,

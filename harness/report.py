@@ -76,7 +76,7 @@ def training_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
         groups[(r.get("family"), r["model"], r.get("activation"), r["batch_size"])].append(r)
     tables = []
     for (family, model, activation, batch), picked in groups.items():
-        header = ["variant", "step ms", "images/s", "epoch s (100k images)", "speedup", "peak MB",
+        header = ["variant", "step ms", "images/s", "epoch s (100k images)", "with data s", "speedup", "peak MB",
                   "saved activations MB", "compile s", "loss after 4 steps (drift)"]  # fmt: skip
         body = [
             [
@@ -84,6 +84,7 @@ def training_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
                 _fmt(r["median_ms"]),
                 _fmt(r["images_per_s"], 1),
                 _fmt(r["epoch_s_projected"], 0),
+                _fmt(r.get("epoch_s_projected_with_data"), 0),
                 _fmt(r["speedup_vs_eager"]) + "x",
                 _fmt(_memory(r), 0),
                 _fmt(r.get("saved_activation_mb"), 0),
@@ -94,7 +95,15 @@ def training_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
         ]
         act = f" with {activation}" if activation else ""
         title = f"{family}: {model}{act}, batch {batch}, image {picked[0].get('image_size')} ({picked[0]['device']})"
-        tables.append((title, _markdown_table(header, body)))
+        table = _markdown_table(header, body)
+        data = next((r for r in picked if r.get("data_images_per_s")), None)
+        if data:
+            table += (
+                f"\nData pipeline, timed apart from the step ({data['data_source']}, {data['data_workers']} loader "
+                f"workers): {data['data_images_per_s']:.0f} images/s, {data['data_epoch_s_projected']:.0f} s per "
+                "100k images; 'with data' adds it to the step's epoch (no workers) or takes the larger (workers).\n"
+            )
+        tables.append((title, table))
     return tables
 
 
