@@ -37,6 +37,7 @@ class Profile:
     kernel_dtypes: tuple[str, ...]  # dtypes of the kernel-level benches
     accuracy_models: tuple[str, ...]  # without --weights: trained once on --data so accuracy columns mean something
     family_models: dict[str, tuple[str, ...]]  # per bench family, the models it runs (others: `models`)
+    family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per family and model, batch sizes (others: above)
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
 
@@ -50,6 +51,9 @@ ALL_MODELS = (
     "convnext_tiny",
     "bert-base",
 )
+
+# Seed 004's table runs DenseNet-121 at batch 1, 4, 8, 16, 32; seed 002 runs BERT from batch 1 to 256.
+DEPLOYMENT_BATCH_SIZES = {"densenet121": (1, 4, 8, 16, 32), "bert-base": (1, 8, 32, 64, 128, 256)}
 
 PROFILES = {
     "quick": Profile(
@@ -67,8 +71,9 @@ PROFILES = {
         train_batch_sizes=(16,),
         kernel_sizes=(2**16, 2**20),
         kernel_dtypes=("fp32",),
-        accuracy_models=("resnet18",),
+        accuracy_models=("resnet18", "resnet50"),
         family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base")},
+        family_batch_sizes={},
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
     ),
@@ -87,10 +92,12 @@ PROFILES = {
         train_batch_sizes=(128,),
         kernel_sizes=(2**16, 2**20, 2**24, 2**26, 2**28),
         kernel_dtypes=("fp32", "bf16"),
-        accuracy_models=(),
+        accuracy_models=("resnet18", "resnet50", "densenet121"),
         family_models={},
+        family_batch_sizes={"onnxruntime": DEPLOYMENT_BATCH_SIZES, "tensorrt": DEPLOYMENT_BATCH_SIZES},
         compile_training_activations=True,
-        summary="the seeds' settings: images 224x224, batch sizes 1 and 64, every model and variant",
+        summary="the seeds' settings: images 224x224, batch sizes 1 and 64 (deployment benches: densenet121 at "
+        "1-32, bert-base at 1-256), every model and variant",
     ),
 }
 

@@ -202,11 +202,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     batch_sizes = settings.profile.train_batch_sizes if spec_matrix.training else settings.profile.batch_sizes
     if spec_matrix.training and metafunc.config.getoption("--batch-sizes"):
         batch_sizes = settings.profile.batch_sizes  # an explicit --batch-sizes applies to every bench
+    explicit_batches = metafunc.config.getoption("--batch-sizes") is not None
     params = []
     for model in models:
         spec = get_spec(model)
+        model_batches = batch_sizes
+        if not explicit_batches:
+            model_batches = settings.profile.family_batch_sizes.get(family, {}).get(model, batch_sizes)
         for activation in spec_matrix.activations:
-            for batch in batch_sizes:
+            for batch in model_batches:
                 for variant in spec_matrix.variants:
                     case = Case(spec, batch, variant, settings.device, activation, family)
                     marks = [getattr(pytest.mark, m) for m in variant.marks]

@@ -1,5 +1,6 @@
 """The suite run for real, small: the saved JSON's fields, the report, bad input, and what collection must not do."""
 
+import json
 import subprocess
 import sys
 
@@ -127,3 +128,40 @@ def test_a_graph_break_fails_the_compiled_variant():
     runner(torch.randn(4))
     with pytest.raises(NotEngagedError, match="graph break"):
         runner.verify()
+
+
+def test_full_profile_runs_the_deployment_tables_batch_sizes(tmp_path):
+    bench = str(ROOT / "benches" / "test_onnxruntime.py")
+    args = [bench, "--rootdir", str(ROOT), "--collect-only", "-q", "--profile", "full", "--variants", "ort-cpu"]
+    ids = run_suite(args, cwd=tmp_path).stdout
+    for batch in (1, 4, 8, 16, 32):  # seed 004's table
+        assert f"[densenet121-bs{batch}-ort-cpu-fp32]" in ids
+    for batch in (1, 8, 32, 64, 128, 256):  # seed 002's BERT sweep
+        assert f"[bert-base-bs{batch}-ort-cpu-fp32]" in ids
+    assert "[resnet50-bs64-ort-cpu-fp32]" in ids and "[resnet50-bs4-ort-cpu-fp32]" not in ids  # the profile's
+    explicit = run_suite([*args, "--batch-sizes", "2"], cwd=tmp_path).stdout  # --batch-sizes wins everywhere
+    assert "[densenet121-bs2-ort-cpu-fp32]" in explicit and "bs256" not in explicit
+
+
+def test_training_bench_checks_losses_and_times_the_data_pipeline_apart(tmp_path):
+    out = tmp_path / "train.json"
+    args = [str(ROOT / "benches" / "test_training.py"), "--rootdir", str(ROOT), "-k", "test_training[",
+            "--models", "resnet50", "--image-size", "64", "--batch-sizes", "8", "--variants", "vanilla,fused-adamw",
+            f"--benchmark-json={out}", "--report-dir", str(tmp_path / "reports")]  # fmt: skip
+    result = run_suite(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    rows = {b["extra_info"]["variant"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert set(rows) == {"vanilla", "fused-adamw"}
+    for info in rows.values():
+        assert info["loss_last"] < info["loss_first"] and abs(info["loss_drift"]) <= 0.02
+        assert info["images_per_s"] == pytest.approx(8 / info["median_ms"] * 1e3)
+        assert info["epoch_s_projected"] == pytest.approx(100_000 / info["images_per_s"])
+        assert info["data_source"] == "synthetic" and info["data_workers"] == 0 and info["data_images_per_s"] > 0
+        assert info["data_epoch_s_projected"] == pytest.approx(100_000 / info["data_images_per_s"])
+        # no loader workers on a CPU: the loader runs in the training process, so its time adds to the step's
+        total = info["epoch_s_projected"] + info["data_epoch_s_projected"]
+        assert info["epoch_s_projected_with_data"] == pytest.approx(total)
+    assert rows["fused-adamw"]["speedup_vs_eager"] == pytest.approx(
+        rows["vanilla"]["median_ms"] / rows["fused-adamw"]["median_ms"]
+    )
+    assert "Data pipeline, timed apart from the step (synthetic, 0 loader workers)" in result.stdout
