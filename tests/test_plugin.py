@@ -28,6 +28,7 @@ def test_saved_run_has_every_field(tiny_run):
         # quick profile: resnet18 is trained once on the synthetic set (a 10-class head) for the accuracy columns
         assert info["weights"].endswith("last.pt") and info["params"] == 11_689_512 - 513 * 990
         assert 0.1 < info["top1"] <= info["top5"] and info["eval_images"] > 0
+        assert info["inputs"] == "evaluation images of synthetic"  # a trained model is checked on its data
         assert info["samples_per_s"] == pytest.approx(info["batch_size"] / info["median_ms"] * 1e3)
         assert info["speedup_vs_eager"] == pytest.approx(info["eager_median_ms"] / info["median_ms"])
         assert info["peak_device_mb"] is None and info["peak_host_mb"] > 100
