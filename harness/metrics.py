@@ -43,6 +43,12 @@ class HostPeak:
             self._thread.join()
         self._sample()
 
+    def reset(self) -> float:
+        """Start a new peak from the current RSS (e.g. after a build); returns the peak so far in MB."""
+        before = self.peak_mb
+        self.peak_bytes = self._process.memory_info().rss
+        return before
+
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / MB
@@ -65,6 +71,15 @@ class DevicePeak:
         if self.is_cuda:
             torch.cuda.synchronize()
             self.peak_bytes = torch.cuda.max_memory_allocated()
+
+    def reset(self) -> float | None:
+        """Start a new peak from what is allocated now; returns the peak so far in MB (None on the CPU)."""
+        if not self.is_cuda:
+            return None
+        torch.cuda.synchronize()
+        before = torch.cuda.max_memory_allocated() / MB
+        torch.cuda.reset_peak_memory_stats()
+        return before
 
     @property
     def peak_mb(self) -> float | None:

@@ -15,6 +15,17 @@ def test_host_peak_sees_a_short_lived_allocation():
     assert peak.peak_mb >= before.peak_mb + 200
 
 
+def test_host_peak_reset_starts_a_new_peak_after_a_freed_build():
+    with metrics.HostPeak(interval_s=0.001) as peak:
+        block = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # a 256 MB "build", then freed
+        block.add_(1)
+        del block
+        build_mb = peak.reset()
+        small = torch.ones(1024, dtype=torch.float32)
+        small.add_(1)
+    assert build_mb >= peak.peak_mb + 200  # the freed 256 MB are in the build's peak, not in the new one
+
+
 def test_device_peak_is_none_on_cpu():
     with metrics.DevicePeak("cpu") as peak:
         torch.ones(1000)
