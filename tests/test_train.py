@@ -1,4 +1,4 @@
-"""harness.train and harness.ghost_bn: Ghost BatchNorm against per-chunk BatchNorm, the LR schedule, head resizing,
+"""harness.train and models.ghost_bn: Ghost BatchNorm against per-chunk BatchNorm, the LR schedule, head resizing,
 and real short CLI runs (metrics.json, learning, resume, bad input -> exit code 2)."""
 
 import copy
@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from harness.capabilities import has_cuda
-from harness.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
 from harness.train import (
     TrainConfig,
     effective_lr,
@@ -26,6 +25,7 @@ from harness.train import (
     warmup_steps,
 )
 from models import build_model, get_spec
+from models.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--model", "resnet18", "--data", "synthetic", "--image-size", "32", "--batch-size", "32"]

@@ -1,0 +1,5 @@
+import sys
+
+from harness.train.cli import main
+
+sys.exit(main())
