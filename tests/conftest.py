@@ -1,3 +1,5 @@
+"""Self-test fixtures: the real suite run in a fresh interpreter, and the Triton interpreter switch."""
+
 import json
 import os
 import subprocess
@@ -5,8 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The Triton kernels' proofs run on every machine: compiled on CUDA, in triton's interpreter on CPU tensors elsewhere.
+# Triton decides at decoration time, and the kernels module is imported lazily on first use, so setting the variable
+# here, before any test module runs, is early enough. An explicit TRITON_INTERPRET (0 or 1) is left as it is.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def run_suite(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -1,11 +1,11 @@
 """FastSwish's Triton kernels (marked `triton`): on a CUDA device, or on CPU tensors under TRITON_INTERPRET=1.
 
-Without either, these skip; tests/test_fastswish.py::test_the_triton_kernels_under_the_interpreter_in_a_fresh_process
-runs this file, with the `triton-op` cases of tests/test_fastswish.py, in a fresh pytest process with
-TRITON_INTERPRET=1 (its module docstring says why a fresh process). On a GPU machine they also run here, in this
-process, on CUDA tensors. Criteria: as tests/test_fastswish.py (float64 reference, dtype tolerance table).
+tests/conftest.py sets TRITON_INTERPRET=1 on a machine without CUDA, so `pytest tests/` runs these everywhere: in
+triton's interpreter on a CPU, compiled on a GPU (the `gpu` tests at the end then run too). Criteria: as
+tests/test_fastswish.py (float64 reference, dtype tolerance table).
 
-Sample: TRITON_INTERPRET=1 pytest tests/test_fastswish_triton.py -q
+Sample: pytest tests/test_fastswish_triton.py -q                      # interpreted on a CPU, compiled on a GPU
+        TRITON_INTERPRET=1 pytest tests/test_fastswish_triton.py -q   # interpreted on a GPU machine too
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def test_the_op_on_the_triton_device_matches_the_reference(dtype, data):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(interpreted(), reason="TRITON_INTERPRET=1 runs the kernels in the interpreter, not on CUDA")
+@pytest.mark.skipif(
+    interpreted() and torch.cuda.is_available(), reason="TRITON_INTERPRET=1 runs the kernels in the interpreter"
+)
 @dtypes
 def test_the_kernels_on_cuda_match_the_reference(dtype):
     assert backend_for("cuda") == "triton"
