@@ -341,34 +341,59 @@ def write_csv(run_rows: list[dict], path: Path) -> Path:
     return path
 
 
+def speedup_grid(run_rows: list[dict]) -> dict[str, tuple[list[str], list[str], list[list[float | None]]]]:
+    """Per family: (variant labels, column labels "model[-activation] bsN", speedup[variant][column] or None)."""
+    grids = {}
+    for family in sorted({r.get("family", "") for r in run_rows}):
+        mine = [r for r in run_rows if r.get("family", "") == family]
+        where = lambda r: (r["model"], r.get("activation") or "", r["batch_size"])  # noqa: E731
+        columns = sorted({where(r) for r in mine})
+        labels = list(dict.fromkeys(_label(r) for r in mine))  # the order the bench file lists its variants
+        cells = {(_label(r), where(r)): r["speedup_vs_eager"] for r in mine}
+        values = [[cells.get((label, column)) for column in columns] for label in labels]
+        names = [f"{m}{'-' + a if a else ''} bs{b}" for m, a, b in columns]
+        grids[family] = (labels, names, values)
+    return grids
+
+
 def plot_speedups(run_rows: list[dict], path: Path) -> Path:
+    """One heatmap panel per family: variants down, model and batch across, each cell the speed-up over eager fp32
+    (training: over vanilla) written in it; colour on a log scale, red slower, blue faster, white 1x."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LogNorm
 
-    def where(r: dict) -> tuple:
-        return (r.get("family", ""), r["model"], r.get("activation") or "", r["batch_size"])
-
-    groups = sorted({where(r) for r in run_rows})
-    labels = sorted({_label(r) for r in run_rows})
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(1, len(labels)) / 3), 5))
-    width = 0.8 / max(1, len(labels))
-    for i, label in enumerate(labels):
-        values = []
-        for group in groups:
-            match = [r for r in run_rows if where(r) == group and _label(r) == label]
-            values.append(match[0]["speedup_vs_eager"] if match else 0.0)
-        ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    ax.set_xticklabels(
-        [f"{f}:{m}{'-' + a if a else ''}\nbs{b}" for f, m, a, b in groups], rotation=45, ha="right", fontsize=7
-    )
-    ax.set_ylabel("speedup vs eager fp32 (same run)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    grids = speedup_grid(run_rows)
+    widest = max(len(names) for _, names, _ in grids.values())
+    heights = [len(labels) + 2.5 for labels, _, _ in grids.values()]
+    fig_width = min(24.0, max(7.0, 3.0 + 0.7 * widest))
+    fig, axes = plt.subplots(
+        len(grids), 1, figsize=(fig_width, 0.3 * sum(heights) + 1.2 * len(grids)), squeeze=False,
+        gridspec_kw={"height_ratios": heights}, layout="constrained",
+    )  # fmt: skip
+    finite = [v for _, _, values in grids.values() for row in values for v in row if v]
+    span = max([2.0] + [max(v, 1 / v) for v in finite])
+    norm = LogNorm(vmin=1 / span, vmax=span)
+    for ax, (family, (labels, names, values)) in zip(axes.flat, grids.items()):
+        data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+        image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu", norm=norm, aspect="auto")
+        for i, row in enumerate(values):
+            for j, value in enumerate(row):
+                if value is not None:
+                    ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=7)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
+        baseline = "vanilla" if family == "training" else "eager fp32"
+        ax.set_title(f"{family}: speed-up over {baseline} (same run)", fontsize=9, loc="left")
+        ax.set_facecolor("#eeeeee")  # cases that did not run
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="speed-up (log scale)")
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8) if 1 / span <= t <= span]
+    bar.set_ticks(ticks, labels=[f"{t:g}x" for t in ticks])
+    bar.minorticks_off()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
@@ -415,12 +440,16 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     if command:
         header += f"Command: `{command}`\n\n"
     body = render_tables(run, baseline)
-    body += f"\n![speedup per variant]({speed_png.name})\n\n![latency against batch size]({latency_png.name})\n"
+    body += f"\n![speed-up per family, variant, model and batch]({speed_png.name})\n\n"
+    body += f"![latency against batch size]({latency_png.name})\n"
     md.write_text(header + body)
     paths = [md, write_csv(run_rows, base.with_suffix(".csv"))]
     model_rows = [r for r in run_rows if "speedup_vs_eager" in r and "epoch_s_projected" not in r]
+    speedup_rows = [r for r in run_rows if r.get("speedup_vs_eager") is not None]
+    if speedup_rows:
+        paths.append(plot_speedups(speedup_rows, speed_png))
     if model_rows:
-        paths += [plot_speedups(model_rows, speed_png), plot_latency(model_rows, latency_png)]
+        paths.append(plot_latency(model_rows, latency_png))
     if run_rows:
         ops_png = plot_operator_charts(run_rows, base.parent / f"{base.name}-onnx-ops.png")
         if ops_png is not None:
