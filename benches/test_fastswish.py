@@ -61,9 +61,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     settings = metafunc.config.stash[SETTINGS]
     metafunc.config.stash[VARIANT_NAMES].update(IMPLEMENTATIONS)  # --variants selects implementations too
+    implementations = list(IMPLEMENTATIONS)
+    marks = []
+    if settings.profile.gpu_paths_only:  # smoke: the compiled Triton kernels are the GPU-only path here
+        implementations = ["triton"]
+        if backend_for(settings.device) != "triton":
+            marks = [
+                pytest.mark.skip(reason="the smoke profile times the compiled Triton kernels: needs a CUDA device")
+            ]
     params = [
-        pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}")
-        for impl in IMPLEMENTATIONS
+        pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}", marks=marks)
+        for impl in implementations
         for mode in BYTES_PER_ELEMENT_MOVED
         for dtype in settings.profile.kernel_dtypes
         for n in settings.profile.kernel_sizes

@@ -40,6 +40,7 @@ class Profile:
     family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per family and model, batch sizes (others: above)
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
+    gpu_paths_only: bool = False  # smoke: only the GPU-only variants (and their baselines), once each, small
 
 
 ALL_MODELS = (
@@ -100,6 +101,35 @@ PROFILES = {
         "1-32, bert-base at 1-256), every model and variant",
     ),
 }
+
+
+# The first GPU machine a checkout meets should prove every GPU-only path at once: one small case each of the
+# variants marked `gpu` (CUDA graphs, fp16 autocast, TF32, ONNX Runtime's CUDA and TensorRT providers, native
+# TensorRT, NVML memory, ...) and the compiled Triton kernel, with their eager baselines; on a CPU each skips with
+# its reason. `make gpu-smoke` runs it with the GPU workflow's own steps (save, report, gate).
+PROFILES["smoke"] = Profile(
+    name="smoke",
+    image_size=64,
+    batch_sizes=(2,),
+    models=("resnet18", "convnext-seed"),
+    compile_models=None,
+    timing_budget_s=0.2,
+    min_rounds=3,
+    max_rounds=50,
+    warmup_rounds=2,
+    run_slow=False,
+    train_image_size=64,
+    train_batch_sizes=(4,),
+    kernel_sizes=(2**20,),
+    kernel_dtypes=("fp32",),
+    accuracy_models=(),
+    family_models={family: ("resnet18",) for family in ("inference", "onnxruntime", "tensorrt")},
+    family_batch_sizes={},
+    compile_training_activations=False,
+    summary="every GPU-only path once, small (resnet18 at 64x64, batch 2; training: convnext-seed): a first GPU "
+    "machine's proof; on a CPU each skips with its reason",
+    gpu_paths_only=True,
+)
 
 
 def default_profile(device: str) -> str:

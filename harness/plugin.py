@@ -4,6 +4,7 @@ the end-of-run report. Loaded from the top-level conftest.py."""
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,15 @@ from harness.bench import (
     run_training_case,
     timing_fields,
 )
+from harness.progress import RunProgress, family_of
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
 VARIANT_NAMES = pytest.StashKey[set]()
+PROGRESS = pytest.StashKey[RunProgress]()
+SMOKE_OUTCOMES = pytest.StashKey[dict]()
+DURATIONS_CACHE = "nn-speedups/durations"
+BENCH_FIXTURES = ("measure", "measure_training", "measure_fn")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,7 +37,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--profile",
         choices=sorted(PROFILES),
         default=None,
-        help="quick (CPU default): " + PROFILES["quick"].summary + "; full (CUDA default): " + PROFILES["full"].summary,
+        help="quick (CPU default): "
+        + PROFILES["quick"].summary
+        + "; full (CUDA default): "
+        + PROFILES["full"].summary
+        + "; smoke: "
+        + PROFILES["smoke"].summary,
     )
     group.addoption("--device", default=None, help="cpu or cuda (default: cuda when available, else cpu)")
     group.addoption("--models", default=None, help="comma-separated model names (default: the profile's)")
@@ -168,6 +179,8 @@ def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str 
         return f"{variant.name} is GPU-only: " + (
             "run with --device cuda" if capabilities.has_cuda() else "needs a CUDA device (this machine has none)"
         )
+    if profile.gpu_paths_only and settings.device == "cpu":
+        return f"the smoke profile runs {variant.name} only as the baseline of the GPU-only variants (needs CUDA)"
     reason = variant.unsuitable(case.spec)
     if reason:
         return reason
@@ -209,9 +222,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         model_batches = batch_sizes
         if not explicit_batches:
             model_batches = settings.profile.family_batch_sizes.get(family, {}).get(model, batch_sizes)
+        if settings.profile.gpu_paths_only and family_models is not None and model not in family_models:
+            continue
         for activation in spec_matrix.activations:
             for batch in model_batches:
-                for variant in spec_matrix.variants:
+                for variant in smoke_variants(spec_matrix.variants, settings):
                     case = Case(spec, batch, variant, settings.device, activation, family)
                     marks = [getattr(pytest.mark, m) for m in variant.marks]
                     reason = _skip_reason(case, settings, spec_matrix.training)
@@ -226,11 +241,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not params:
         wanted = ", ".join(spec_matrix.models or settings.profile.models)
         reason = f"this matrix runs on {wanted}; none of them is selected (--models)"
+        if settings.profile.gpu_paths_only:
+            reason = "the smoke profile runs GPU-only variants, and this matrix has none"
         params = [pytest.param(None, id="no-model", marks=pytest.mark.skip(reason=reason))]
     metafunc.parametrize("case", params)
 
 
+BASELINES = ("eager", "vanilla")
+
+
+def smoke_variants(variants, settings: Settings) -> list:
+    """All of `variants`, or in the smoke profile only the GPU-only ones and, beside them, the baseline."""
+    if not settings.profile.gpu_paths_only:
+        return list(variants)
+    gpu = [v for v in variants if "gpu" in v.marks]
+    return [v for v in variants if v in gpu or (gpu and v.name in BASELINES)]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.stash[SETTINGS].profile.gpu_paths_only:  # smoke: matrices with no GPU-only variant are not listed
+        empty = [i for i in items if hasattr(i, "callspec") and i.callspec.params.get("case", 0) is None]
+        if empty:
+            config.hook.pytest_deselected(items=empty)
+            items[:] = [i for i in items if i not in empty]
     wanted = _csv(config.getoption("--variants"))
     if wanted:
         known = config.stash[VARIANT_NAMES]
@@ -245,6 +278,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if drop:
             config.hook.pytest_deselected(items=drop)
             items[:] = keep
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the per-family progress lines: which bench cases will run, and how long they took last time."""
+    cases = {
+        item.nodeid: (family_of(item.module.__name__), item.get_closest_marker("skip") is None)
+        for item in session.items
+        if isinstance(item, pytest.Function) and any(f in item.fixturenames for f in BENCH_FIXTURES)
+    }
+    if cases:
+        cache = getattr(session.config, "cache", None)
+        previous = cache.get(DURATIONS_CACHE, {}) if cache is not None else {}
+        session.config.stash[PROGRESS] = RunProgress(cases, previous={k: v for k, v in previous.items() if k in cases})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    """Print a progress line when a family starts (cases to run, time so far, an estimate of what is left)."""
+    progress = item.config.stash.get(PROGRESS, None)
+    if progress is None or item.nodeid not in progress.cases:
+        return (yield)
+    line = progress.starting(item.nodeid)
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if line and reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(line, bold=True)
+    start = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        progress.finished(item.nodeid, time.perf_counter() - start)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    progress = session.config.stash.get(PROGRESS, None)
+    cache = getattr(session.config, "cache", None)
+    if progress is None or cache is None:
+        return
+    ran = {n: s for n, s in progress.done.items() if progress.cases[n][1]}
+    cache.set(DURATIONS_CACHE, {**cache.get(DURATIONS_CACHE, {}), **ran})
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -333,6 +406,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    settings = config.stash.get(SETTINGS, None)
+    if settings is not None and settings.profile.gpu_paths_only:
+        smoke_summary(terminalreporter)
     records = config.stash.get(RECORDS, [])
     if not records:
         return
@@ -348,3 +424,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.write_line("")
     for path in paths:
         terminalreporter.write_line(f"written: {path}")
+
+
+def smoke_summary(terminalreporter) -> None:
+    """One line per case of the smoke profile: what ran (with its time), what failed and what skipped, and why."""
+    lines = []
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if not hasattr(report, "nodeid") or (outcome == "passed" and report.when != "call"):
+                continue
+            name = report.nodeid.split("::")[-1]
+            if outcome == "passed":
+                why = f"{report.duration:.1f} s"
+            elif outcome == "skipped" and isinstance(report.longrepr, tuple):
+                why = report.longrepr[2].removeprefix("Skipped: ")
+            else:
+                why = str(report.longrepr).strip().splitlines()[-1][:160] if report.longrepr else ""
+            lines.append(f"{'ran' if outcome == 'passed' else outcome:8} {name}: {why}")
+    terminalreporter.section("nn-speedups smoke: every GPU-only path, what ran and what skipped")
+    for line in lines:
+        terminalreporter.write_line(line)

@@ -1,6 +1,7 @@
 """The suite run for real, small: the saved JSON's fields, the report, bad input, and what collection must not do."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,9 @@ def test_gpu_only_variant_skips_with_a_reason(tiny_run):
 def test_end_of_run_report_is_printed_and_written(tiny_run):
     result, _, where = tiny_run
     assert "nn-speedups report" in result.stdout and "### inference: resnet18 (cpu)" in result.stdout
+    outcome = result.stdout.strip().splitlines()[-1]  # "=== 10 passed, 3 skipped, 8 deselected in 42.29s ==="
+    passed, skipped = (int(re.search(rf"(\d+) {what}", outcome)[1]) for what in ("passed", "skipped"))
+    assert f"[family 1/1] inference: {passed} cases to run, {skipped} skipped" in result.stdout  # the plan held
     written = sorted(p.name for p in (where / "reports").iterdir())
     assert any(n.endswith(".md") for n in written) and any(n.endswith(".csv") for n in written)
     assert any(n.endswith("-speedup.png") for n in written) and any(n.endswith("-latency.png") for n in written)
@@ -166,3 +170,36 @@ def test_training_bench_checks_losses_and_times_the_data_pipeline_apart(tmp_path
         rows["vanilla"]["median_ms"] / rows["fused-adamw"]["median_ms"]
     )
     assert "Data pipeline, timed apart from the step (synthetic, 0 loader workers)" in result.stdout
+
+
+def test_smoke_profile_lists_every_gpu_only_path_and_on_a_cpu_skips_each_with_its_reason(tmp_path):
+    if has_cuda():
+        pytest.skip("this machine has CUDA: the smoke profile would run the GPU paths")
+    result = run_suite([str(ROOT / "benches"), "--rootdir", str(ROOT), "--profile", "smoke", "-q"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    summary = out[out.index("nn-speedups smoke: every GPU-only path") :]
+    for case in ("test_inference[resnet18-bs2-compile-cudagraphs-fp32]", "test_inference[resnet18-bs2-amp-fp16]",
+                 "test_onnxruntime[resnet18-bs2-ort-cuda-fp32]", "test_onnxruntime[resnet18-bs2-ort-trt-fp16]",
+                 "test_tensorrt[resnet18-bs2-trt-int8]", "test_training[convnext-seed-bs4-tf32-fp32]"):  # fmt: skip
+        assert f"skipped  {case}: " in summary and "GPU-only: needs a CUDA device" in summary, case
+    assert "test_kernel[triton-fwd-fp32-n1M]: the smoke profile times the compiled Triton kernels" in summary
+    assert "-bs2-half-" not in out and "test_kernel[relu" not in out  # paths that run on a CPU are not listed
+    assert " passed" not in out.splitlines()[-1]  # nothing ran on this CPU
+
+
+def test_progress_lines_name_each_family_with_an_estimate_of_what_is_left():
+    from harness.progress import RunProgress
+
+    cases = {"a1": ("inference", True), "a2": ("inference", True), "a3": ("inference", False), "b1": ("ort", True)}
+    progress = RunProgress(cases, previous={"b1": 30.0})
+    first = progress.starting("a1")
+    assert first.startswith("[family 1/2] inference: 2 cases to run, 1 skipped") and "after the first cases" in first
+    assert progress.starting("a2") is None  # one line per family
+    progress.finished("a1", 10.0)
+    progress.finished("a2", 20.0)
+    assert progress.left_s() == 30.0  # b1's time in the earlier run
+    assert progress.starting("b1").endswith("about 30s left")
+    fresh = RunProgress(cases)
+    fresh.finished("a1", 12.0)
+    assert fresh.left_s() == 24.0  # a2 at inference's mean so far, b1 at the mean of everything finished
