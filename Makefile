@@ -1,18 +1,22 @@
-# make bench: set up .venv and run the main job (quick profile on a CPU, full on a GPU).
-# make test:  set up .venv and run the self-tests.
+# make bench:     set up .venv and run the main job (quick profile on a CPU, full on a GPU).
+# make test:      set up .venv and run the self-tests.
+# make gpu-smoke: on a first GPU machine, every GPU-only path once (small), then the GPU workflow's own steps.
+# EXTRAS=dev,trt adds TensorRT (from NVIDIA's package index) to the environment.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup bench test lint clean
+.PHONY: setup bench test lint clean gpu-smoke
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 bench: $(STAMP)
@@ -20,6 +24,9 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests/
+
+gpu-smoke: $(STAMP)
+	$(PY) -m pytest benches/ --profile smoke --benchmark-autosave --benchmark-storage=.benchmarks/smoke
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
