@@ -9,8 +9,9 @@ pass must move: 2N elements forward, 3N backward, 5N both, over the median time)
 device-to-device copy bandwidth this session measures once. Correctness first: outputs and gradients against the
 float64 reference (or torch's op in float64), within the dtype tolerance.
 
-Model level (`test_model_inference`, `test_model_training`): convnext-seed with gelu-tanh, relu and each FastSwish
-implementation, eager and compiled: inference latency, training-step time (forward, backward, AdamW), peak device
+Model level (`test_model_inference`, `test_model_training`): convnext-seed with gelu-tanh (its own), relu, hardswish
+and each FastSwish implementation, eager and compiled (seed 001's activation table; a swapped model is checked against
+eager of the same swapped model): inference latency, training-step time (forward, backward, AdamW), peak device
 memory and, for eager training, the bytes autograd saves for backward (the seed's memory finding: the autograd
 reference saves far more than the custom backward).
 
@@ -157,7 +158,7 @@ def test_kernel(variant, mode, dtype, n, settings, measure_fn, copy_bandwidth_gb
     measure_fn(f"fastswish-kernel/{mode}-{dtype}-n{_count(n)}", run, settings.device, record, bandwidth)
 
 
-ACTIVATIONS = ["gelu-tanh", "relu", "fastswish", "fastswish-custom", "fastswish-triton"]
+ACTIVATIONS = ["gelu-tanh", "relu", "hardswish", "fastswish", "fastswish-custom", "fastswish-triton"]
 TRAINING_VARIANTS = [
     Variant("vanilla", training.step_apply(), check="exact"),
     Variant("compile", training.step_apply(compile=True), check="exact", compiles=True),

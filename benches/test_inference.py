@@ -1,13 +1,13 @@
 """PyTorch inference: eager fp32 against torch.compile, autocast, half precision and channels-last.
 
 Measures: median/p90/p99 latency per batch, samples/s, speedup over eager fp32 of the same model and batch in the
-same run, peak device/host memory, compile time (apart), model size, GFLOPs. For convnext-seed an activation axis
-(hardswish, relu, fastswish against the original gelu-tanh) x (eager, compile) reproduces seed 001's table.
+same run, peak device/host memory, compile time (apart), model size, GFLOPs. Seed 001's activation table (convnext-seed
+with gelu-tanh, relu, hardswish and each FastSwish implementation, eager and compiled) is the FastSwish family's
+model level: benches/test_fastswish.py.
 
 Correctness, before any timing: `exact` variants (fp32 compile, channels-last) match eager fp32 within the dtype
 tolerance of harness/correctness.py; `lowp` variants (AMP, half) keep cosine >= 0.99 with eager fp32; compiled
-variants must compile to at least one graph with no graph breaks. A swapped activation is compared with eager of
-the same swapped model.
+variants must compile to at least one graph with no graph breaks.
 
     pytest benches/test_inference.py --benchmark-autosave
     pytest benches/test_inference.py --profile full --models convnext-seed --batch-sizes 1,8,64 --variants eager,compile
@@ -67,14 +67,7 @@ VARIANTS = [
     Variant("half", half, check="lowp", dtype="lowp"),
 ]
 
-ACTIVATION_VARIANTS = [EAGER, COMPILE]
-
 
 @matrix(VARIANTS)
 def test_inference(case, measure):
-    measure(case)
-
-
-@matrix(ACTIVATION_VARIANTS, models=["convnext-seed"], activations=["hardswish", "relu", "fastswish"])
-def test_activation(case, measure):
     measure(case)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,6 +41,9 @@ class Profile:
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
     gpu_paths_only: bool = False  # smoke: only the GPU-only variants (and their baselines), once each, small
+    # Left out to keep the profile short, collected and skipped with the reason: bench test function (or family) ->
+    # variant names ("*": the whole function). --variants NAME runs a left-out variant anyway.
+    left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 ALL_MODELS = (

@@ -173,7 +173,10 @@ def pytest_report_header(config: pytest.Config) -> str:
     )
 
 
-def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str | None:
+def _skip_reason(
+    case: Case, settings: Settings, training: bool = False, function: str = "", named: tuple[str, ...] = ()
+) -> str | None:
+    """Why `case` does not run here, or None. `function` is the bench test's name, `named` the --variants given."""
     variant, profile = case.variant, settings.profile
     if "gpu" in variant.marks and settings.device == "cpu":
         return f"{variant.name} is GPU-only: " + (
@@ -196,6 +199,14 @@ def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str 
         )
     if "slow" in variant.marks and not profile.run_slow:
         return f"{variant.name} is slow: it runs in --profile full"
+    left_out = profile.left_out.get(function, ()) + profile.left_out.get(case.family, ())
+    if "*" in left_out:
+        return f"{function} is left out of the {profile.name} profile to keep it short; --profile full runs it"
+    if variant.name in left_out and variant.name not in named:
+        return (
+            f"{variant.name} is left out of the {profile.name} profile to keep it short; --profile full or "
+            f"--variants {variant.name} runs it"
+        )
     return None
 
 
@@ -216,6 +227,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if spec_matrix.training and metafunc.config.getoption("--batch-sizes"):
         batch_sizes = settings.profile.batch_sizes  # an explicit --batch-sizes applies to every bench
     explicit_batches = metafunc.config.getoption("--batch-sizes") is not None
+    named = tuple(_csv(metafunc.config.getoption("--variants")) or ())
     params = []
     for model in models:
         spec = get_spec(model)
@@ -229,7 +241,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 for variant in smoke_variants(spec_matrix.variants, settings):
                     case = Case(spec, batch, variant, settings.device, activation, family)
                     marks = [getattr(pytest.mark, m) for m in variant.marks]
-                    reason = _skip_reason(case, settings, spec_matrix.training)
+                    reason = _skip_reason(case, settings, spec_matrix.training, metafunc.function.__name__, named)
                     if family_models is not None and model not in family_models:
                         reason = (
                             f"{family} runs {', '.join(family_models)} in the {settings.profile.name} profile; "

@@ -16,8 +16,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-DEFAULT_ACTIVATION = {"convnext-seed": "gelu-tanh"}
-
 
 def load_run(path: str | Path) -> dict:
     with open(path) as f:
@@ -168,22 +166,23 @@ def _check_cell(row: dict) -> str:
 
 
 def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
-    """Seed 001's table: each activation of a model, eager and compiled, latency per batch size."""
+    """Seed 001's table: each activation of a model (the rows that name one: the FastSwish family's model level),
+    eager and compiled inference, latency per batch size."""
     tables = []
     for model in sorted({r["model"] for r in table_rows if r.get("activation")}):
-        default = DEFAULT_ACTIVATION.get(model, "default")
         picked = [
             r
             for r in table_rows
             if r["model"] == model
-            and r.get("family", "inference") == "inference"
+            and r.get("activation")
+            and "epoch_s_projected" not in r
             and r["variant"] in ("eager", "compile")
             and r.get("dtype") == "fp32"
         ]
         batches = sorted({r["batch_size"] for r in picked})
         cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
         for r in picked:
-            cells[(r.get("activation") or default, r["variant"])][r["batch_size"]] = r
+            cells[(r["activation"], r["variant"])][r["batch_size"]] = r
         header = ["activation", "variant"] + [f"BS {b} ms" for b in reversed(batches)]
         body = [
             [act, variant] + [_fmt(per.get(b, {}).get("median_ms")) for b in reversed(batches)]
