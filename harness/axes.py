@@ -37,7 +37,7 @@ class Profile:
     kernel_dtypes: tuple[str, ...]  # dtypes of the kernel-level benches
     accuracy_models: tuple[str, ...]  # without --weights: trained once on --data so accuracy columns mean something
     family_models: dict[str, tuple[str, ...]]  # per bench family, the models it runs (others: `models`)
-    family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per family and model, batch sizes (others: above)
+    family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per bench function or family, and model: batches
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
     gpu_paths_only: bool = False  # smoke: only the GPU-only variants (and their baselines), once each, small

@@ -233,7 +233,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         spec = get_spec(model)
         model_batches = batch_sizes
         if not explicit_batches:
-            model_batches = settings.profile.family_batch_sizes.get(family, {}).get(model, batch_sizes)
+            sizes = settings.profile.family_batch_sizes  # keyed by bench function or family
+            model_batches = sizes.get(metafunc.function.__name__, sizes.get(family, {})).get(model, batch_sizes)
         if settings.profile.gpu_paths_only and family_models is not None and model not in family_models:
             continue
         for activation in spec_matrix.activations:
