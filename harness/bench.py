@@ -268,11 +268,12 @@ def calibration_feeds(ctx: VariantContext) -> list[dict]:
     """INT8 calibration batches ({input name: float32 array}) from the data source's training split at the run's
     image size: never the images that accuracy is measured on. For a text model, or any model without one image input
     (a user's): batches of its example_inputs drawn with a seed (CALIBRATION_SEED) that neither the benches' inputs
-    (seed 0) nor their checks use."""
+    (seed 0) nor their checks use. A model with a static batch is calibrated at that batch."""
+    size = ctx.spec.batch_sizes[0] if ctx.spec.batch_sizes else CALIBRATION_BATCH
     if "nlp" in ctx.spec.tags or "vision" not in ctx.spec.tags:
         batches = [
-            ctx.spec.example_inputs(CALIBRATION_BATCH, ctx.image_size, "cpu", seed=CALIBRATION_SEED + i)
-            for i in range(CALIBRATION_IMAGES // CALIBRATION_BATCH)
+            ctx.spec.example_inputs(size, ctx.image_size, "cpu", seed=CALIBRATION_SEED + i)
+            for i in range(max(1, CALIBRATION_IMAGES // size))
         ]
         return [{n: t.numpy() for n, t in zip(ctx.spec.input_names, batch, strict=True)} for batch in batches]
     from harness.data import build_datasets
@@ -286,7 +287,7 @@ def calibration_feeds(ctx: VariantContext) -> list[dict]:
     picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_IMAGES]
     images = torch.stack([train[int(i)][0] for i in picked]).numpy()
     name = ctx.spec.input_names[0]
-    return [{name: images[i : i + CALIBRATION_BATCH]} for i in range(0, CALIBRATION_IMAGES, CALIBRATION_BATCH)]
+    return [{name: images[i : i + size]} for i in range(0, len(images) - size + 1, size)]
 
 
 def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> dict:
