@@ -14,11 +14,17 @@ INT8 keeps SQNR >= 20 dB (`lossy`), reports top-1 agreement with eager on `--dat
 quantized ops. Sessions for CUDA/TensorRT refuse CPU fallback and are checked to run on the provider asked for.
 Model size counts the .onnx graph and its external data. Threads: intra-op = torch's thread count, recorded.
 
+An existing ONNX file (`--onnx PATH`) runs here too: its `eager` row is the file in ONNX Runtime fp32 (there is no
+torch model), the baseline of the other rows; `ort-cuda-fp16` (an fp16 export) skips on it.
+
     pytest benches/test_onnxruntime.py --benchmark-autosave
     pytest benches/test_onnxruntime.py --models resnet50 --batch-sizes 1,8 --variants eager,ort-cpu,ort-int8-minmax
+    pytest benches/test_onnxruntime.py --onnx model.onnx --onnx-dim sequence=128 --batch-sizes 1,8
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from harness.bench import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_feeds
 from harness.matrix import matrix
@@ -79,23 +85,36 @@ def ort_int8_dynamic(model, inputs, ctx) -> Runner:
     return _quantized(ort_.apply(model, inputs, ort_.OrtConfig(provider="cpu"), artifact), artifact)
 
 
+# onnx_file=True: the variant also runs on a model given as an ONNX file (--onnx), whose eager row is ORT fp32
+ORT = {"marks": ("ort",), "onnx_file": True}
 VARIANTS = [
-    EAGER,
-    Variant("ort-cpu", ort_session("cpu"), check="exact", marks=("ort",)),
+    replace(EAGER, onnx_file=True),
+    Variant("ort-cpu", ort_session("cpu"), check="exact", **ORT),
     *[
-        Variant(f"ort-cpu-opt-{level}", ort_session("cpu", level), check="exact", marks=("ort",))
+        Variant(f"ort-cpu-opt-{level}", ort_session("cpu", level), check="exact", **ORT)
         for level in ("disabled", "basic", "extended")
     ],
-    Variant("ort-cuda", ort_session("cuda"), check="exact", marks=("gpu", "ort_cuda")),
-    Variant("ort-cuda-copies", ort_session("cuda", with_copies=True), check="exact", marks=("gpu", "ort_cuda")),
-    Variant("ort-cuda-fp16", ort_session("cuda", dtype="fp16"), check="lowp", dtype="fp16", marks=("gpu", "ort_cuda")),
-    Variant("ort-trt", ort_session("trt"), check="lowp", marks=("gpu", "ort_trt")),
-    Variant("ort-trt-fp16", ort_session("trt", fp16_engine=True), check="lowp", dtype="fp16", marks=("gpu", "ort_trt")),
-    Variant("ort-int8-minmax", ort_int8_static("minmax"), check="lossy", dtype="int8", marks=("ort",)),
+    Variant("ort-cuda", ort_session("cuda"), check="exact", marks=("gpu", "ort_cuda"), onnx_file=True),
     Variant(
-        "ort-int8-percentile", ort_int8_static("percentile"), check="lossy", dtype="int8", marks=("ort",), only="conv"
+        "ort-cuda-copies",
+        ort_session("cuda", with_copies=True),
+        check="exact",
+        marks=("gpu", "ort_cuda"),
+        onnx_file=True,
     ),
-    Variant("ort-int8-dynamic", ort_int8_dynamic, check="lossy", dtype="int8", marks=("ort",), only="nlp"),
+    Variant("ort-cuda-fp16", ort_session("cuda", dtype="fp16"), check="lowp", dtype="fp16", marks=("gpu", "ort_cuda")),
+    Variant("ort-trt", ort_session("trt"), check="lowp", marks=("gpu", "ort_trt"), onnx_file=True),
+    Variant(
+        "ort-trt-fp16",
+        ort_session("trt", fp16_engine=True),
+        check="lowp",
+        dtype="fp16",
+        marks=("gpu", "ort_trt"),
+        onnx_file=True,
+    ),
+    Variant("ort-int8-minmax", ort_int8_static("minmax"), check="lossy", dtype="int8", **ORT),
+    Variant("ort-int8-percentile", ort_int8_static("percentile"), check="lossy", dtype="int8", only="conv", **ORT),
+    Variant("ort-int8-dynamic", ort_int8_dynamic, check="lossy", dtype="int8", only="nlp", **ORT),
 ]
 
 

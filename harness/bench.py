@@ -143,11 +143,12 @@ class BaselineCache:
             from harness.accuracy import trained_checkpoint
 
             weights = str(trained_checkpoint(case.spec.name, s.image_size, s.device, s.data))
-        model = build_model(case.spec, s.image_size, activation=case.activation, weights=weights).to(s.device)
+        size = image_size_of(case.spec, s.image_size)
+        model = build_model(case.spec, size, activation=case.activation, weights=weights).to(s.device)
         trained = weights not in (None, "", "random", "pretrained")
-        inputs, inputs_from = case.spec.example_inputs(case.batch_size, s.image_size, s.device), "random"
+        inputs, inputs_from = case.spec.example_inputs(case.batch_size, size, s.device), "random"
         if trained and "vision" in case.spec.tags:
-            inputs, inputs_from = data_inputs(s, case.batch_size), f"evaluation images of {s.data}"
+            inputs, inputs_from = data_inputs(s, case.batch_size, size), f"evaluation images of {s.data}"
         from torch.utils.flop_counter import FlopCounterMode
 
         counter = FlopCounterMode(display=False)
@@ -158,7 +159,7 @@ class BaselineCache:
             inputs=inputs,
             reference=reference,
             params=count_parameters(model),
-            gflops=counter.get_total_flops() / 1e9,
+            gflops=None if "onnx-file" in case.spec.tags else counter.get_total_flops() / 1e9,  # ORT: torch sees 0
             weights=weights or "random",
             trained=trained,
             inputs_from=inputs_from,
@@ -175,13 +176,18 @@ class BaselineCache:
         return base.eager
 
 
-def data_inputs(settings: Settings, batch_size: int) -> tuple[torch.Tensor]:
+def image_size_of(spec: ModelSpec, image_size: int) -> int:
+    """The input size a model runs at: its own when its spec fixes one (a user's model), else the run's."""
+    return spec.image_size or image_size
+
+
+def data_inputs(settings: Settings, batch_size: int, image_size: int | None = None) -> tuple[torch.Tensor]:
     """A batch of the data source's evaluation images: what a model trained on that data is checked on. On random
     noise its activations leave the range it was trained (and INT8-calibrated) for, so every check would judge
     out-of-distribution outputs: trained resnet50's INT8 logits had 7 dB SQNR on noise and 22 dB on these images."""
     from harness.accuracy import eval_set
 
-    images, _ = eval_set(settings.data, settings.image_size, settings.eval_samples)
+    images, _ = eval_set(settings.data, image_size or settings.image_size, settings.eval_samples)
     return (images[torch.arange(batch_size) % len(images)].to(settings.device),)
 
 
@@ -197,7 +203,8 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
     base = baselines.get(case)
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
-    ctx = VariantContext(case.device, dtype, case.spec, settings.image_size, settings.data)
+    size = image_size_of(case.spec, settings.image_size)
+    ctx = VariantContext(case.device, dtype, case.spec, size, settings.data)
     sync = timing.synchronizer(case.device)
     try:
         is_cuda = torch.device(case.device).type == "cuda"
@@ -230,7 +237,7 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
     )
     record = {
         **case_fields(case, settings.profile.name),
-        "image_size": settings.image_size if "vision" in case.spec.tags else None,
+        "image_size": size if "vision" in case.spec.tags else None,
         "inputs": base.inputs_from,
         **timing_fields(summary),
         "samples_per_s": timing.samples_per_s(case.batch_size, summary.median_ms),
@@ -259,12 +266,14 @@ CALIBRATION_SEED = 1000
 
 def calibration_feeds(ctx: VariantContext) -> list[dict]:
     """INT8 calibration batches ({input name: float32 array}) from the data source's training split at the run's
-    image size: never the images that accuracy is measured on. For a text model: token batches drawn with a seed
-    (CALIBRATION_SEED) that neither the benches' inputs (seed 0) nor their checks use."""
-    if "nlp" in ctx.spec.tags:
+    image size: never the images that accuracy is measured on. For a text model, or any model without one image input
+    (a user's): batches of its example_inputs drawn with a seed (CALIBRATION_SEED) that neither the benches' inputs
+    (seed 0) nor their checks use. A model with a static batch is calibrated at that batch."""
+    size = ctx.spec.batch_sizes[0] if ctx.spec.batch_sizes else CALIBRATION_BATCH
+    if "nlp" in ctx.spec.tags or "vision" not in ctx.spec.tags:
         batches = [
-            ctx.spec.example_inputs(CALIBRATION_BATCH, ctx.image_size, "cpu", seed=CALIBRATION_SEED + i)
-            for i in range(CALIBRATION_IMAGES // CALIBRATION_BATCH)
+            ctx.spec.example_inputs(size, ctx.image_size, "cpu", seed=CALIBRATION_SEED + i)
+            for i in range(max(1, CALIBRATION_IMAGES // size))
         ]
         return [{n: t.numpy() for n, t in zip(ctx.spec.input_names, batch, strict=True)} for batch in batches]
     from harness.data import build_datasets
@@ -278,7 +287,7 @@ def calibration_feeds(ctx: VariantContext) -> list[dict]:
     picked = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:CALIBRATION_IMAGES]
     images = torch.stack([train[int(i)][0] for i in picked]).numpy()
     name = ctx.spec.input_names[0]
-    return [{name: images[i : i + CALIBRATION_BATCH]} for i in range(0, CALIBRATION_IMAGES, CALIBRATION_BATCH)]
+    return [{name: images[i : i + size]} for i in range(0, len(images) - size + 1, size)]
 
 
 def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> dict:
@@ -291,7 +300,7 @@ def accuracy_fields(runner, base: Baseline, case: Case, settings: Settings) -> d
         return {}
     from harness.accuracy import eval_set, evaluate
 
-    images, labels = eval_set(settings.data, settings.image_size, settings.eval_samples)
+    images, labels = eval_set(settings.data, image_size_of(case.spec, settings.image_size), settings.eval_samples)
     fields = evaluate(runner, base.model, case.batch_size, case.device, images, labels, trained=base.trained)
     return {**fields, "eval_data": settings.data, "weights": base.weights}
 
@@ -381,9 +390,10 @@ def training_baseline(case: Case, settings: Settings) -> TrainingBaseline:
     if key not in _TRAINING:
         _TRAINING.clear()
         release_memory()
-        model = build_model(case.spec, settings.train_image_size, activation=case.activation, weights=settings.weights)
+        size = image_size_of(case.spec, settings.train_image_size)
+        model = build_model(case.spec, size, activation=case.activation, weights=settings.weights)
         model = model.to(settings.device)
-        images = case.spec.example_inputs(case.batch_size, settings.train_image_size, settings.device)[0]
+        images = case.spec.example_inputs(case.batch_size, size, settings.device)[0]
         labels = torch.randint(0, case.spec.num_classes, (case.batch_size,), generator=torch.Generator().manual_seed(0))
         inputs = (images, labels.to(settings.device))
         step = training.apply(model, inputs, training.TrainStepConfig(device=settings.device))
@@ -401,7 +411,8 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
     base = training_baseline(case, settings)
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
-    ctx = VariantContext(case.device, dtype, case.spec, settings.train_image_size, settings.data)
+    size = image_size_of(case.spec, settings.train_image_size)
+    ctx = VariantContext(case.device, dtype, case.spec, size, settings.data)
     sync = timing.synchronizer(case.device)
     try:
         with metrics.HostPeak() as host, metrics.DevicePeak(case.device) as device_peak:
@@ -436,7 +447,7 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
         data = {**data, "data_epoch_s_projected": data_epoch_s, "epoch_s_projected_with_data": with_data}
     return {
         **case_fields(case, settings.profile.name),
-        "image_size": settings.train_image_size,
+        "image_size": size,
         **timing_fields(summary),
         "samples_per_s": images_per_s,
         "images_per_s": images_per_s,

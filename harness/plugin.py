@@ -68,6 +68,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--eval-samples", type=int, default=None, help="evaluation images (default: quick 128, full 1024)")
     group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
+    group.addoption(
+        "--model",
+        action="append",
+        default=None,
+        metavar="[NAME=]MODULE:FACTORY",
+        help="your own model (repeatable; also accepted inside --models): module.path:factory or file.py:factory, "
+        "whose factory() returns (model, example_inputs) or a ModelSpec; or hf:PATH, a local Hugging Face folder",
+    )
+    group.addoption(
+        "--onnx",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="an ONNX file (repeatable), run by the ONNX Runtime and TensorRT benches against ONNX Runtime fp32",
+    )
+    group.addoption(
+        "--onnx-dim",
+        action="append",
+        default=None,
+        metavar="NAME=SIZE",
+        help="size of an open (symbolic) input dim of an --onnx graph other than the batch, e.g. sequence=128",
+    )
+    group.addoption("--seq-len", type=int, default=None, help="sequence length of hf: models (default 128)")
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -96,6 +119,7 @@ def _settings(config: pytest.Config) -> Settings:
         )
     profile = PROFILES[config.getoption("--profile") or default_profile(device)]
     models = _csv(config.getoption("--models")) or ([checkpoint["model"]] if checkpoint.get("model") else None)
+    models = _with_user_models(config, models)
     if models is not None:
         unknown = [m for m in models if m not in REGISTRY]
         if unknown:
@@ -136,6 +160,25 @@ def _settings(config: pytest.Config) -> Settings:
     )
 
 
+def _with_user_models(config: pytest.Config, models: list[str] | None) -> list[str] | None:
+    """`models` with the user's own (module:factory and hf:PATH entries of --models, --model, --onnx) registered as
+    specs and named in their place; a bad one is a usage error naming it and the cause."""
+    from models.user import UserModelError, load_user_specs, register_user
+
+    entries = [m for m in models or [] if ":" in m] + (config.getoption("--model") or [])
+    onnx_files = config.getoption("--onnx") or []
+    if not entries and not onnx_files and not config.getoption("--onnx-dim"):
+        return models
+    try:
+        dims, seq_len = config.getoption("--onnx-dim") or [], config.getoption("--seq-len")
+        specs = load_user_specs(entries, onnx_files, dims, seq_len)
+        names = iter([register_user(spec).name for spec in specs])
+    except UserModelError as error:
+        raise pytest.UsageError(str(error)) from None
+    named = [next(names) if ":" in m else m for m in models or []]
+    return named + list(names)
+
+
 def _checkpoint_config(config: pytest.Config) -> dict:
     """The training configuration saved in --checkpoint (empty without one)."""
     path = config.getoption("--checkpoint")
@@ -158,7 +201,23 @@ def _checkpoint_config(config: pytest.Config) -> dict:
     return saved.get("config") or {}
 
 
+MARKERS = {
+    "gpu": "needs a CUDA device; skipped on a CPU with the reason",
+    "triton": "needs triton with a CUDA device, or TRITON_INTERPRET=1 on a CPU",
+    "ort": "needs onnxruntime",
+    "ort_cuda": "needs onnxruntime's CUDAExecutionProvider and a CUDA device",
+    "ort_trt": "needs onnxruntime's TensorrtExecutionProvider and a CUDA device",
+    "trt": "needs tensorrt (pip install nn-speedups[trt])",
+    "slow": "long-running; runs in --profile full",
+}
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # the suite's markers, for a project that runs the installed benches (`pytest --pyargs benches`) from its own ini
+    known = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for name, text in MARKERS.items():
+        if name not in known:
+            config.addinivalue_line("markers", f"{name}: {text}")
     config.stash[SETTINGS] = _settings(config)
     config.stash[RECORDS] = []
     config.stash[VARIANT_NAMES] = set()
@@ -184,7 +243,7 @@ def _skip_reason(
         )
     if profile.gpu_paths_only and settings.device == "cpu":
         return f"the smoke profile runs {variant.name} only as the baseline of the GPU-only variants (needs CUDA)"
-    reason = variant.unsuitable(case.spec)
+    reason = variant.unsuitable(case.spec) or _spec_reason(case, training)
     if reason:
         return reason
     if variant.compiles and profile.compile_models is not None and case.spec.name not in profile.compile_models:
@@ -210,6 +269,25 @@ def _skip_reason(
     return None
 
 
+def _spec_reason(case: Case, training: bool) -> str | None:
+    """Why the case's model cannot take this matrix's axes (a user's model may lack what a built-in one has)."""
+    spec = case.spec
+    if training and not (spec.num_classes and "vision" in spec.tags):
+        return (
+            f"the training benches train image classifiers; {spec.name} is not one "
+            "(ModelSpec num_classes and tag vision: one [B, 3, H, H] float input)"
+        )
+    if case.activation and "activation-slot" not in spec.tags:
+        return f"{spec.name} has no activation slot to swap {case.activation} into (ModelSpec tag activation-slot)"
+    if spec.batch_sizes is not None and case.batch_size not in spec.batch_sizes:
+        return f"{spec.name} runs batch {', '.join(map(str, spec.batch_sizes))} only (a static batch dim)"
+    return None
+
+
+def _user_named(config: pytest.Config) -> bool:
+    return bool(config.getoption("--model") or config.getoption("--onnx"))
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     spec_matrix = getattr(metafunc.function, "nn_matrix", None)
     if spec_matrix is None or "case" not in metafunc.fixturenames:
@@ -219,9 +297,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     settings = metafunc.config.stash[SETTINGS]
     family = metafunc.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     metafunc.config.stash[VARIANT_NAMES].update(v.name for v in spec_matrix.variants)
-    models = [m for m in settings.profile.models if spec_matrix.models is None or m in spec_matrix.models]
+    # a user's own models run in every matrix; a matrix's list of models names the built-in ones it runs
+    models = [
+        m
+        for m in settings.profile.models
+        if spec_matrix.models is None or m in spec_matrix.models or "user" in get_spec(m).tags
+    ]
     family_models = settings.profile.family_models.get(family)
-    if metafunc.config.getoption("--models") or metafunc.config.getoption("--checkpoint"):
+    config = metafunc.config
+    if config.getoption("--models") or config.getoption("--checkpoint") or _user_named(config):
         family_models = None  # models named on the command line run in every bench
     batch_sizes = settings.profile.train_batch_sizes if spec_matrix.training else settings.profile.batch_sizes
     if spec_matrix.training and metafunc.config.getoption("--batch-sizes"):
@@ -277,6 +361,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if empty:
             config.hook.pytest_deselected(items=empty)
             items[:] = [i for i in items if i not in empty]
+    if _user_named(config) and not config.getoption("--models"):
+        # a run about the user's own models: benches that time no model (the kernel level) say so and skip
+        reason = "times kernels, not a model: run without --model/--onnx, or add --models for the built-in ones"
+        for item in items:
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            if "measure_fn" in getattr(item, "fixturenames", ()) and "case" not in params:
+                item.add_marker(pytest.mark.skip(reason=reason))
     wanted = _csv(config.getoption("--variants"))
     if wanted:
         known = config.stash[VARIANT_NAMES]

@@ -32,6 +32,7 @@ class Variant:
     marks: tuple[str, ...] = ()  # registered marker names: gpu, slow, triton, ort, trt
     only: str | None = None  # a ModelSpec tag the model must carry, e.g. "conv" or "nlp"
     compiles: bool = False  # subject to the profile's compile_models
+    onnx_file: bool = False  # also runs on a model given as an ONNX file (--onnx), which has no torch model
 
     def dtype_name(self, device: str) -> str:
         return low_precision(device) if self.dtype == "lowp" else self.dtype
@@ -46,6 +47,11 @@ class Variant:
 
     def unsuitable(self, spec: ModelSpec) -> str | None:
         """Why this variant does not apply to `spec`, or None."""
+        if "onnx-file" in spec.tags and not self.onnx_file:
+            return (
+                f"{self.name} needs a torch model; {spec.name} is an ONNX file (--onnx): the ONNX Runtime and "
+                "TensorRT benches run it, against ONNX Runtime fp32"
+            )
         if self.only and self.only not in spec.tags:
             what = {"conv": "convolutional nets with 4-D image inputs", "nlp": "transformer language models"}
             return f"{self.name} applies to {what.get(self.only, self.only + ' models')}; {spec.name} is not one"
@@ -53,7 +59,8 @@ class Variant:
 
 
 def eager_runner(model, example_inputs: tuple, ctx: VariantContext) -> Runner:
-    return Runner(fn=model, model=model)
+    own = getattr(model, "eager_runner", None)  # a module that runs outside PyTorch (an ONNX file's session)
+    return own(example_inputs, ctx) if own is not None else Runner(fn=model, model=model)
 
 
 def compile_runner(model, example_inputs: tuple, ctx: VariantContext) -> Runner:

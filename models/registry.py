@@ -12,6 +12,25 @@ from torch import nn
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """How the suite builds and feeds a model: the one way in for the built-in models and for your own (a factory
+    given with `--model module.path:factory` may return one; README, "Benchmark your own model").
+
+    name: the id in test ids and reports (unique; letters, digits, `-`, `_`, `.`).
+    build(image_size=..., [activation=NAME]): a fresh model, fp32, on the CPU; the harness seeds torch first, then
+        moves it to the device and calls .eval(). Its forward takes the example inputs positionally and returns a
+        tensor (or a tuple of tensors).
+    example_inputs(batch_size, image_size, device, seed): the model's positional inputs for one batch; seed 0 is what
+        checks and timings run on, other seeds are INT8 calibration batches.
+    num_classes: classifiers with [batch, num_classes] logits (accuracy columns; training benches with `vision`).
+    tags: `vision` (one float [B, 3, H, H] image input: --data images for calibration and accuracy), `conv`
+        (convolutions on 4-D inputs: channels-last variants), `nlp` (integer token inputs: the transformer INT8
+        recipes), `activation-slot` (build accepts activation=NAME of models.activations.ACTIVATIONS); the suite adds
+        `user`, `hf` and `onnx-file` to models given on the command line.
+    input_names: the inputs' names in ONNX graphs and engines.
+    image_size: the input size of a model whose inputs do not follow --image-size (None: they do).
+    batch_sizes: the only batch sizes the model can run (None: any), e.g. an ONNX graph with a static batch.
+    """
+
     name: str
     build: Callable[..., nn.Module]  # build(image_size=..., activation=...) -> nn.Module in eval mode, fp32, CPU
     example_inputs: Callable[..., tuple[torch.Tensor, ...]]  # (batch_size, image_size, device, seed) -> inputs
@@ -20,6 +39,8 @@ class ModelSpec:
     tags: frozenset[str] = field(default_factory=frozenset)  # vision, conv, nlp, activation-slot, torchvision
     pretrained: Callable[[], dict] | None = None  # loads pretrained weights from the local cache only
     input_names: tuple[str, ...] = ("input",)  # names of the inputs, for ONNX graphs and engines
+    image_size: int | None = None  # a fixed input size that --image-size does not change
+    batch_sizes: tuple[int, ...] | None = None  # the only batch sizes it runs (None: any)
 
     @property
     def is_conv(self) -> bool:
@@ -111,4 +132,6 @@ def set_num_classes(model: nn.Module, num_classes: int) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of `model`; a module that runs outside PyTorch (an ONNX file's session) says its own count."""
+    counted = getattr(model, "parameter_count", None)
+    return counted if counted is not None else sum(p.numel() for p in model.parameters())

@@ -121,6 +121,9 @@ def export(model: nn.Module, example_inputs: tuple, config: ExportConfig) -> Onn
     """Export `model` (CPU copy) to ONNX, or return the verified cached artifact of the same key."""
     import onnx
 
+    as_file = getattr(model, "onnx_artifact", None)
+    if as_file is not None:  # a model given as an ONNX file (--onnx, models/onnx_file.py): the file is its export
+        return as_file(config)
     key = cache_key(model, example_inputs, config)
     folder = Path(config.cache_dir) / f"{config.name}-{config.dtype}{'-train' if config.training else ''}-{key}"
     cached = _load_cached(folder)
