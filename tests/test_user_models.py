@@ -154,7 +154,8 @@ def test_installed_suite_benchmarks_the_example_model_from_its_own_project(insta
     entry_points = next(installed.glob("nn_speedups-*.dist-info")) / "entry_points.txt"
     assert "nn_speedups = nn_speedups.pytest_plugin" in entry_points.read_text()
     out = user_project / "example.json"
-    args = ["--pyargs", "benches.test_inference", "benches.test_onnxruntime", "--model", "my_model:make_model",
+    args = ["--pyargs", "benches.test_inference", "benches.test_onnxruntime", "benches.test_fastswish",
+            "--model", "my_model:make_model",
             "--batch-sizes", "1", "--variants", "eager,channels-last,amp-bf16,ort-cpu,ort-int8-minmax",
             f"--benchmark-json={out}", "--report-dir", "reports", "-rs"]  # fmt: skip
     result = run_pytest(args, cwd=user_project, pythonpath=installed)
@@ -173,8 +174,8 @@ def test_installed_suite_benchmarks_the_example_model_from_its_own_project(insta
         assert info["speedup_vs_eager"] == pytest.approx(info["eager_median_ms"] / info["median_ms"])
     int8 = found["test_onnxruntime[my_model-bs1-ort-int8-minmax-int8]"]
     assert int8["sqnr_db"] >= 20 and 0 <= int8["top1_agreement"] <= 1  # a 10-class head: agreement is measured
-    assert "my_model has no activation slot to swap relu into" in result.stdout  # test_activation, with the reason
-    assert f"{installed.name}/benches/test_inference.py" in result.stdout  # the installed package's benches ran
+    assert "my_model has no activation slot to swap relu into" in result.stdout  # FastSwish's model level: why not
+    assert f"{installed.name}/benches/test_fastswish.py" in result.stdout  # -rs: the installed package's benches
     assert (user_project / "reports").is_dir()
 
 
