@@ -150,6 +150,9 @@ def check_training(losses: list[float], reference: list[float], criterion: str, 
 # norm-wise comparison absorbs). After the step every rank must hold the same parameters.
 DISTRIBUTED_LOSS_RTOL = {"exact": 1e-4, "lowp": 0.05}
 DISTRIBUTED_UPDATE_REL_ERR = {"exact": 1e-3}
+# lowp: the gradient's cosine is the criterion; AdamW's first update is sign-like, so 16-bit gradient noise flips
+# whole small elements of it (bf16 autocast on convnext-seed: gradient cosine 0.99994, update cosine 0.993)
+DISTRIBUTED_LOWP_UPDATE_MIN_COSINE = 0.95
 DISTRIBUTED_RANK_SPREAD = 0.0  # max |param on rank r - param on rank 0| after the step: ranks hold identical copies
 
 
@@ -182,9 +185,12 @@ def check_distributed_step(got: dict, ref: dict, criterion: str, rank_spread: fl
         if not (update.rel_err <= DISTRIBUTED_UPDATE_REL_ERR["exact"]):
             problems.append(f"update rel err {update.rel_err:.3g} > {DISTRIBUTED_UPDATE_REL_ERR['exact']}")
     else:
-        for name, result in (("gradient", grads), ("update", update)):
-            if not (result.cosine >= LOWP_MIN_COSINE):
-                problems.append(f"{name} cosine {result.cosine:.5f} < {LOWP_MIN_COSINE}")
+        for name, result, least in (
+            ("gradient", grads, LOWP_MIN_COSINE),
+            ("update", update, DISTRIBUTED_LOWP_UPDATE_MIN_COSINE),
+        ):
+            if not (result.cosine >= least):
+                problems.append(f"{name} cosine {result.cosine:.5f} < {least}")
     if not (rank_spread <= DISTRIBUTED_RANK_SPREAD):
         problems.append(f"ranks disagree after the step: max |param - rank 0's| {rank_spread:.3g}")
     if problems:

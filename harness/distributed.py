@@ -1,28 +1,25 @@
-"""Data-parallel cases on torch.distributed: launching torchrun, setting up a rank, gathering the results.
+"""torch.distributed plumbing shared by the distributed bench and harness.train: launching torchrun jobs and
+cleaning up after them, joining a process group inside a rank, the world sizes a node can hold.
 
-The pytest process never joins a process group. Each case (model, batch, variant, world size) is one `torchrun
---standalone` job (a free port for its rendezvous, chosen by torchrun) running `harness.distributed_worker` in every
-rank; rank 0 writes the job's measurements to a JSON file, which becomes the case's record here, and the slowest
-rank's per-step times become its pytest-benchmark rounds.
+`launch` runs `torchrun --standalone` (its rendezvous on a free port torchrun picks) as a subprocess from the pytest
+process or a test; the ranks call `init_group`. The bench's cases are built on it in harness.distributed_bench.
 
 Robustness: ranks run with a process-group timeout (a rank that hangs makes the others' collectives fail), torchrun
 ends every rank once one fails and reports the first failure (its error file, written by `@record`), and `launch`
 kills whatever is left of the job (torchrun and every process it started, seen or polled while it ran) when the job
 outlives its timeout, so no run leaves orphans or hangs CI.
 
-    python -m harness.distributed --check       # can this machine launch torchrun jobs?
+    python -m harness.distributed       # can this machine launch torchrun jobs, and how many ranks?
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,17 +29,10 @@ from pathlib import Path
 
 import torch
 
-from harness import timing
-from harness.variant import Variant
-from optimizations.distributed import step_apply
-
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JOB_TIMEOUT_S = 600.0  # a whole torchrun job, startup included (--dist-timeout)
 KILL_GRACE_S = 10.0  # after SIGTERM to torchrun (it stops its ranks), before SIGKILL to everything left
 POLL_S = 0.25
-
-# The family's baseline: DDP with its defaults, fp32. Its world-size-1 run is every distributed case's "eager".
-DDP = Variant("ddp", step_apply(), check="exact", marks=("torchrun",))
 
 
 class DistributedJobError(AssertionError):
@@ -52,10 +42,6 @@ class DistributedJobError(AssertionError):
 
 class TorchrunMissing(RuntimeError):
     """torchrun cannot be launched here; the message names the fix."""
-
-
-class Unsupported(Exception):
-    """A case this machine cannot run (world size above its processors, a batch that does not split): a skip."""
 
 
 # ------------------------------------------------------------------------------------------------- torchrun
@@ -307,194 +293,11 @@ def init_group(device: str = "auto", timeout_s: float = 1800.0) -> Rank:
     return Rank(rank, world, local_rank, torch.device("cpu"), "gloo")
 
 
-# ------------------------------------------------------------------------------------------- bench cases
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """A point of the world-size axis: `world_size` ranks, each with the case's batch (weak scaling: the global
-    batch grows) or with an equal share of it (strong scaling: the global batch stays). World size 1 is the
-    reference of both."""
-
-    world_size: int
-    kind: str  # "reference" (world size 1) | "weak" | "strong"
-
-    @property
-    def id(self) -> str:
-        return f"ws{self.world_size}" if self.kind == "reference" else f"ws{self.world_size}-{self.kind}"
-
-    def per_rank_batch(self, batch: int) -> int:
-        return batch // self.world_size if self.kind == "strong" else batch
-
-
-def scaling_points(world_sizes: tuple[int, ...]) -> list[Scaling]:
-    points = []
-    for n in world_sizes:
-        points += [Scaling(1, "reference")] if n == 1 else [Scaling(n, "weak"), Scaling(n, "strong")]
-    return points
-
-
-def parse_world_sizes(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--world-sizes {text!r}: give positive integers, e.g. 1,2 or 1,2,4,8")
-    return tuple(sorted({int(p) for p in parts}))
-
-
-_JOBS: dict[tuple, dict | Exception] = {}
-
-
-def threads_per_rank(settings) -> int:
-    """CPU threads per rank, the same at every world size of the run (so world size 1 is a fair reference): the
-    cores shared by the largest world size; one on the 2-core CI machine. CUDA ranks keep one thread per process."""
-    if torch.device(settings.device).type == "cuda":
-        return 1
-    return max(1, max_world_size("cpu") // max(settings.world_sizes))
-
-
-def run_job(case, world_size: int, settings) -> dict:
-    """The torchrun job of (model, batch, variant) at `world_size`, launched once per run and cached: one job
-    measures both scaling points of its world size."""
-    key = (case.spec.name, case.batch_size, case.variant.name, world_size, settings.train_image_size, settings.device)
-    if key not in _JOBS:
-        try:
-            _JOBS[key] = _launch_job(case, world_size, settings)
-        except (DistributedJobError, TorchrunMissing) as error:
-            _JOBS[key] = error
-    result = _JOBS[key]
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
-def _launch_job(case, world_size: int, settings) -> dict:
-    points = [Scaling(1, "reference")] if world_size == 1 else [Scaling(world_size, "weak")]
-    if world_size > 1 and case.batch_size % world_size == 0:
-        points.append(Scaling(world_size, "strong"))
-    profile = settings.profile
-    job = {
-        "model": case.spec.name,
-        "image_size": settings.train_image_size,
-        "weights": settings.weights,
-        "device": torch.device(settings.device).type,
-        "world_size": world_size,
-        "points": [{"kind": p.kind, "per_rank_batch": p.per_rank_batch(case.batch_size)} for p in points],
-        "variant": case.variant.name,
-        "check": case.variant.check,
-        "config": case.variant.apply.config.as_dict(),
-        "threads": threads_per_rank(settings),
-        "timeout_s": max(60.0, settings.dist_timeout_s / 2),
-        "timing": {
-            "warmup_rounds": profile.warmup_rounds,
-            "budget_s": profile.timing_budget_s,
-            "min_rounds": profile.min_rounds,
-            "max_rounds": profile.max_rounds,
-        },
-    }
-    with tempfile.TemporaryDirectory(prefix="nn-dist-") as where:
-        where = Path(where)
-        (where / "job.json").write_text(json.dumps(job))
-        target = ["-m", "harness.distributed_worker", "--job", str(where / "job.json"), "--out", str(where / "out.json")]
-        result = check_launch(launch(target, world_size, settings.dist_timeout_s, job["threads"], where / "logs"))
-        out = json.loads((where / "out.json").read_text())
-    out["launch_s"] = result.elapsed_s
-    out["job"] = job
-    return out
-
-
-def _point(out: dict, kind: str) -> dict:
-    return out["points"][kind]
-
-
-def slowest_rank_times(point: dict) -> list[float]:
-    """Per step, the slowest rank's time (s): the step is done when every rank is."""
-    return [max(step) for step in zip(*point["rank_times_s"], strict=True)]
-
-
-def images_per_s(out: dict, kind: str) -> float:
-    point = _point(out, kind)
-    return point["per_rank_batch"] * out["world_size"] / statistics.median(slowest_rank_times(point))
-
-
-def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[float]]:
-    """Check and time `case` at `scaling` through torchrun; returns (extra_info record, the slowest rank's per-step
-    seconds for pytest-benchmark's rounds)."""
-    from harness.bench import case_fields, timing_fields
-
-    problem = world_size_problem(scaling.world_size, settings.device)
-    if problem:
-        raise Unsupported(problem)
-    if scaling.kind == "strong" and case.batch_size % scaling.world_size:
-        raise Unsupported(
-            f"strong scaling splits the global batch {case.batch_size} over {scaling.world_size} ranks: "
-            f"it does not divide; choose --batch-sizes divisible by the world sizes"
-        )
-    out = run_job(case, scaling.world_size, settings)
-    if not out["ok"]:
-        raise DistributedJobError(out["error"])
-    reference = out if scaling.world_size == 1 else run_job(case, 1, settings)
-    base_case = case if case.variant.name == DDP.name else _with_variant(case, DDP)
-    base = run_job(base_case, 1, settings)
-    if not base["ok"]:
-        raise DistributedJobError(f"the ddp baseline at world size 1 failed: {base['error']}")
-    point = _point(out, scaling.kind)
-    rounds_s = slowest_rank_times(point)
-    summary = timing.summarize(rounds_s)
-    total = images_per_s(out, scaling.kind)
-    reference_rate = images_per_s(reference, "reference") if reference["ok"] else None
-    base_rate = images_per_s(base, "reference")
-    world = scaling.world_size
-    rank_rates = [point["per_rank_batch"] / statistics.median(times) for times in point["rank_times_s"]]
-    comm = point["comm"]
-    peaks_device = point["peak_device_mb"]
-    record = {
-        **case_fields(case, settings.profile.name),
-        "image_size": settings.train_image_size,
-        "world_size": world,
-        "scaling": scaling.kind,
-        "per_rank_batch_size": point["per_rank_batch"],
-        "global_batch_size": point["per_rank_batch"] * world,
-        "backend": out["backend"],
-        **timing_fields(summary),
-        "samples_per_s": total,
-        "images_per_s": total,
-        "images_per_s_per_rank": total / world,
-        "images_per_s_by_rank": rank_rates,
-        "eager_median_ms": statistics.median(slowest_rank_times(_point(base, "reference"))) * 1e3,
-        "speedup_vs_eager": total / base_rate,
-        "baseline": f"ddp at world size 1, batch {case.batch_size}",
-        "ideal_images_per_s": world * reference_rate if reference_rate else None,
-        "scaling_efficiency": total / (world * reference_rate) if reference_rate else None,
-        "comm_share": statistics.fmean(c["share"] for c in comm),
-        "comm_share_by_rank": [c["share"] for c in comm],
-        "comm_ms": statistics.fmean(c["comm_ms"] for c in comm),
-        "profiled_step_ms": max(c["step_ms"] for c in comm),
-        "peak_device_mb": max(peaks_device) if all(p is not None for p in peaks_device) else None,
-        "peak_device_mb_by_rank": peaks_device,
-        "peak_host_mb": max(point["peak_host_mb"]),
-        "peak_host_mb_by_rank": point["peak_host_mb"],
-        "params": out["params"],
-        "compile_s": max(0.0, out["first_step_s"] - summary.median_ms / 1e3),
-        "threads": out["threads"],
-        "launch_s": out["launch_s"],
-        **out["check"],
-        **{f"info_{k}": v for k, v in out["info"].items()},
-    }
-    return record, rounds_s
-
-
-def _with_variant(case, variant: Variant):
-    from dataclasses import replace
-
-    return replace(case, variant=variant)
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m harness.distributed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="say whether torchrun jobs can run here, and how many")
-    args = parser.parse_args(argv)
+    parser.parse_args(argv)
     problem = torchrun_problem()
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -342,7 +342,9 @@ def plot_scaling(run_rows: list[dict], path: Path) -> Path:
                 xs = [p[0] for p in points]
                 ax_rate.plot(xs, [p[1] for p in points], style, marker="o", label=f"{label} {kind}")
                 effs = [(x, e) for x, _, e in points if e is not None]
-                ax_eff.plot([x for x, _ in effs], [100 * e for _, e in effs], style, marker="o", label=f"{label} {kind}")
+                ax_eff.plot(
+                    [x for x, _ in effs], [100 * e for _, e in effs], style, marker="o", label=f"{label} {kind}"
+                )
             if ref and label.startswith("ddp-fp32"):
                 ax_rate.plot(sizes, [n * ref["images_per_s"] for n in sizes], ":", color="black", label="ideal (ddp)")
         ax_eff.axhline(100, color="black", linestyle=":", label="ideal")

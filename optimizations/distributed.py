@@ -93,12 +93,37 @@ def apply(model: nn.Module, example_inputs: tuple, config: DistConfig) -> Runner
             optimizer.step()
         return loss.detach()
 
-    verify = lambda: None  # noqa: E731
-    if config.compile:
-        from optimizations.compile import graph_break_check
-
-        verify = graph_break_check(info)
+    verify = ddp_graph_break_check(info) if config.compile else (lambda: None)
     return Runner(fn=step, model=net, verify=verify, info=info)
+
+
+# Dynamo does not trace DistributedDataParallel.forward's own bookkeeping (by design: it compiles the wrapped
+# module, split at the gradient buckets by its DDPOptimizer); those graph breaks are DDP's, not the model's.
+DDP_BREAK_MARKS = ("DistributedDataParallel", "_inside_ddp_forward", "set_runtime_stats_and_log", "Reducer")
+
+
+def ddp_graph_break_check(info: dict):
+    """A verify() for torch.compile(DDP(model)): at least one graph, and no graph break but DDP's own wrapper's."""
+
+    def verify() -> None:
+        from torch._dynamo.utils import counters
+
+        from optimizations.base import NotEngagedError
+
+        breaks = dict(counters["graph_break"])
+        ours = {reason: n for reason, n in breaks.items() if not any(mark in reason for mark in DDP_BREAK_MARKS)}
+        info.update(
+            graphs=counters["stats"]["unique_graphs"],
+            graph_breaks=sum(ours.values()),
+            ddp_wrapper_graph_breaks=sum(breaks.values()) - sum(ours.values()),
+        )
+        if info["graphs"] < 1:
+            raise NotEngagedError("torch.compile produced no graph: the model ran eagerly")
+        if ours:
+            reasons = "; ".join(f"{reason.splitlines()[0]} (x{n})" for reason, n in list(ours.items())[:5])
+            raise NotEngagedError(f"{info['graph_breaks']} graph breaks in the model: {reasons}")
+
+    return verify
 
 
 def _ddp(net: nn.Module, device: torch.device, config: DistConfig, info: dict) -> nn.Module:
