@@ -160,9 +160,11 @@ def launch(
     threads: int = 1,
     log_dir: Path | None = None,
     env: dict | None = None,
+    cwd: Path | None = None,
 ) -> LaunchResult:
-    """Run `torchrun --standalone --nproc-per-node NPROC TARGET...` (TARGET: `-m module args` or `script args`) from
-    the repository root with OMP_NUM_THREADS=threads; returns its exit code and output. Raises DistributedJobError
+    """Run `torchrun --standalone --nproc-per-node NPROC TARGET...` (TARGET: `-m module args` or `script args`) in
+    `cwd` (default: the repository root, which is also put on PYTHONPATH) with OMP_NUM_THREADS=threads; returns its
+    exit code and output. Raises DistributedJobError
     when it outlives `timeout_s`, after killing it and every process it started."""
     import psutil
 
@@ -175,7 +177,7 @@ def launch(
     out_path, err_path = log_dir / "torchrun.out", log_dir / "torchrun.err"
     start = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=ROOT, env=full_env, start_new_session=True)
+        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd or ROOT, env=full_env, start_new_session=True)
         seen: dict[int, psutil.Process] = {}
         timed_out = False
         try:
@@ -205,24 +207,67 @@ def launch(
     return result
 
 
-_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):\n(.*?)\n={20,}", re.S)
+_REPORT = re.compile(r"\nFailures:\n(.*?)\n-{20,}\nRoot Cause \(first observed failure\):\n(.*?)\n={20,}", re.S)
+_ENTRY = re.compile(r"^\[\d+\]:\n", re.M)
+# what a rank shows when it failed because another did: the agent's SIGTERM, or its peer's socket closing
+_CONSEQUENCES = ("closed by peer", "reset by peer", "Broken pipe")
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    rank: str
+    pid: str
+    exitcode: str
+    signal: str | None
+    error: str  # the last line of its traceback, or the signal it received
+    text: str
+
+    @property
+    def consequence(self) -> bool:
+        return self.signal == "SIGTERM" or any(mark in self.error for mark in _CONSEQUENCES)
+
+    def line(self) -> str:
+        how = f"{self.exitcode}, {self.signal}" if self.signal else self.exitcode
+        return f"rank {self.rank} (pid {self.pid}) failed (exit code {how}): {self.error}"
+
+
+def _failures(block: str) -> list[RankFailure]:
+    out = []
+    for text in _ENTRY.split(block):
+        if "exitcode" not in text:
+            continue
+        rank = re.search(r"rank\s*:\s*(\d+)", text)
+        code = re.search(r"exitcode\s*:\s*(-?\d+)\s*\(pid: (\d+)\)\s*(?:\((\w+)\))?", text)
+        traceback = text.split("traceback :", 1)[-1].strip().splitlines()
+        error = next((line.strip() for line in reversed(traceback) if line.strip()), "")
+        exitcode, pid, sig = code.groups() if code else ("?", "?", None)
+        out.append(RankFailure(rank.group(1) if rank else "?", pid, exitcode, sig, error, text.rstrip()))
+    return out
 
 
 def failure_summary(result: LaunchResult) -> str:
-    """One line naming the failed rank and its error, then torchrun's report of the first failure (the rank's error
-    file: its traceback, or the signal that killed it)."""
-    match = _ROOT_CAUSE.search(result.stderr) or _ROOT_CAUSE.search(result.stdout)
+    """One line naming the rank that failed and its error, then torchrun's report of it (the rank's error file: its
+    traceback, or the signal that killed it) and of the others.
+
+    torchrun's "root cause" is the failure with the earliest timestamp, which can be a rank that only saw its peer
+    vanish (a rank killed by a signal writes no error file and is timestamped when the agent notices); a failure
+    that is not such a consequence (the agent's SIGTERM, a peer's closed socket) is named first. Ranks stopped by
+    the agent's SIGTERM were still running when the job ended: after a collective timed out, they include the one
+    that hung."""
+    match = _REPORT.search(result.stderr) or _REPORT.search(result.stdout)
     if not match:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
         return f"torchrun exited with code {result.returncode}:\n{tail}"
-    block = match.group(1)
-    rank = re.search(r"rank\s*:\s*(\d+)", block)
-    exitcode = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*", block)
-    traceback = block.split("traceback :", 1)[-1].strip().splitlines()
-    last = next((line.strip() for line in reversed(traceback) if line.strip()), "")
-    who = f"rank {rank.group(1)}" if rank else "a rank"
-    how = exitcode.group(0).split(":", 1)[1].strip() if exitcode else "?"
-    return f"{who} failed (exit code {how}): {last}\n{block}"
+    root = _failures(match.group(2))
+    others = _failures(match.group(1))
+    ordered = sorted(root + others, key=lambda f: f.consequence)  # stable: torchrun's root cause first among equals
+    if not ordered:
+        return f"torchrun exited with code {result.returncode}:\n{match.group(0)}"
+    first = ordered[0]
+    stopped = [f.rank for f in ordered if f.signal == "SIGTERM" and f is not first]
+    note = f"; still running when the job was stopped: rank {', '.join(stopped)}" if stopped else ""
+    details = "\n".join(f.text for f in ordered)
+    return f"{first.line()}{note}\n{details}"
 
 
 def check_launch(result: LaunchResult) -> LaunchResult:
