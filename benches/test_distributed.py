@@ -32,8 +32,8 @@ VARIANTS = [
     Variant("ddp-compile", step_apply(compile=True), check="exact", marks=(*DIST, "slow"), compiles=True),
     Variant("ddp-amp", step_apply(amp=True), check="lowp", dtype="lowp", marks=DIST),
     Variant("ddp-bf16-compress", step_apply(comm_hook="bf16"), check="lowp", marks=DIST),
-    Variant("ddp-bucket-1mb", step_apply(bucket_cap_mb=1.0), check="exact", marks=DIST),
-    Variant("ddp-bucket-100mb", step_apply(bucket_cap_mb=100.0), check="exact", marks=DIST),
+    Variant("ddp-bucket-1mb", step_apply(bucket_cap_mb=1.0), check="exact", marks=(*DIST, "slow")),
+    Variant("ddp-bucket-100mb", step_apply(bucket_cap_mb=100.0), check="exact", marks=(*DIST, "slow")),
     Variant("fsdp2", step_apply(wrapper="fsdp2"), check="exact", marks=(*DIST, "gpu")),
 ]
 

@@ -5,6 +5,7 @@ ends the whole job within a timeout with that rank's error, and leaves no proces
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -136,13 +137,14 @@ def test_fsdp2_step_equals_one_process_on_gloo():
 def test_the_step_check_fails_when_ranks_do_not_average_their_gradients():
     """What a rank that skipped the all-reduce would hold: its own half-batch gradient. The check must refuse it,
     with the numbers."""
-    model = build_model(get_spec("convnext-seed"), 32).train()
-    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 2, 3])
+    model(images)  # materializes the lazy layer
 
     def step(x, y) -> dict:
-        net = build_model(get_spec("convnext-seed"), 32).train()
-        net.load_state_dict(model.state_dict())
+        net = copy.deepcopy(model)
         before = full_parameters(net)
         optimizer = torch.optim.AdamW(net.parameters(), lr=3e-4, weight_decay=0.01)
         loss = F.cross_entropy(net(x), y)
@@ -163,7 +165,7 @@ def test_the_step_check_fails_when_ranks_do_not_average_their_gradients():
 
 def test_torchrun_harness_train_two_ranks_then_resume_at_world_size_one(tmp_path):
     common = ["--model", "resnet18", "--data", "synthetic", "--image-size", "32", "--batch-size", "16",
-              "--train-samples", "256", "--eval-samples", "64", "--out-dir", str(tmp_path / "out"), "--scale-lr",
+              "--train-samples", "128", "--eval-samples", "32", "--out-dir", str(tmp_path / "out"), "--scale-lr",
               "--base-batch-size", "16"]  # fmt: skip
     target = ["-m", "harness.train", *common, "--epochs", "1"]
     started = check_launch(launch(target, 2, timeout_s=300, log_dir=tmp_path / "logs", cwd=tmp_path))
@@ -178,12 +180,12 @@ def test_torchrun_harness_train_two_ranks_then_resume_at_world_size_one(tmp_path
     }
     assert metrics["optimizer"]["lr_effective"] == pytest.approx(3e-4 * 32 / 16)  # --scale-lr: the global batch
     epoch = metrics["epochs"][0]
-    assert epoch["steps"] == 8 and epoch["train_images"] == 256  # every image once per epoch, over both ranks
-    assert epoch["val_images"] == 64 and 0 <= epoch["top1"] <= 1
+    assert epoch["steps"] == 4 and epoch["train_images"] == 128  # every image once per epoch, over both ranks
+    assert epoch["val_images"] == 32 and 0 <= epoch["top1"] <= 1
     assert started.stdout.count("epoch 1/1 train_loss") == 1, "rank 0 alone prints"
     checkpoint = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in checkpoint["model"]), "the unwrapped model's state dict"
-    # resume without torchrun (world size 1): the next epoch, 16 steps of 16, lr scaled to the batch of 16
+    # resume without torchrun (world size 1): the next epoch, 8 steps of 16, lr scaled to the batch of 16
     resumed = subprocess.run(
         [sys.executable, "-m", "harness.train", *common, "--epochs", "2", "--resume", "auto"],
         cwd=tmp_path,
@@ -196,7 +198,7 @@ def test_torchrun_harness_train_two_ranks_then_resume_at_world_size_one(tmp_path
     after = json.loads((out / "metrics.json").read_text())
     assert "resuming after epoch 1" in resumed.stdout and after["distributed"] is None
     assert [e["epoch"] for e in after["epochs"]] == [1, 2] and after["epochs"][0] == epoch
-    assert after["epochs"][1]["steps"] == 16 and after["epochs"][1]["lr"] == pytest.approx(3e-4)
+    assert after["epochs"][1]["steps"] == 8 and after["epochs"][1]["lr"] == pytest.approx(3e-4)
 
 
 # ------------------------------------------------------------------------------------------- robustness
@@ -241,11 +243,6 @@ def test_a_stalled_job_is_killed_at_the_launch_timeout_with_all_its_processes(tm
     assert _marked_processes(token) == [], "the ranks run in sessions of their own: they must be killed too"
 
 
-def test_a_healthy_fault_job_passes(tmp_path):
-    result = check_launch(launch([FAULT_JOB, "--mode", "ok"], 2, timeout_s=120, log_dir=tmp_path))
-    assert "rank 0 done: [16.0, 16.0, 16.0, 16.0]" in result.stdout  # 4 in-place sums over 2 ranks: 2**4
-
-
 # ------------------------------------------------------------------------------------------- bad input, units
 
 
@@ -257,12 +254,6 @@ def test_world_size_above_the_machine_and_bad_world_sizes():
     for bad in ("0", "1,x", ""):
         with pytest.raises(ValueError, match="--world-sizes .*: give positive integers"):
             parse_world_sizes(bad)
-
-
-def test_bad_world_sizes_is_a_usage_error(tmp_path):
-    args = [str(ROOT / "benches" / "test_distributed.py"), "--rootdir", str(ROOT), "--collect-only", "-q"]
-    result = run_suite([*args, "--world-sizes", "1,two"], cwd=tmp_path)
-    assert result.returncode == 4 and "--world-sizes '1,two': give positive integers" in result.stderr
 
 
 def test_torchrun_missing_skips_with_the_fix(monkeypatch):
