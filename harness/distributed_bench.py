@@ -74,9 +74,7 @@ _JOBS: dict[tuple, dict | Exception] = {}
 
 def threads_per_rank(settings) -> int:
     """CPU threads per rank, the same at every world size of the run (so world size 1 is a fair reference): the
-    cores shared by the largest world size; one on the 2-core CI machine. CUDA ranks keep one thread per process."""
-    if torch.device(settings.device).type == "cuda":
-        return 1
+    cores shared by the largest world size; one on the 2-core CI machine."""
     return max(1, max_world_size("cpu") // max(settings.world_sizes))
 
 
@@ -185,17 +183,18 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
     out = run_job(case, scaling.world_size, settings)
     if not out["ok"]:
         raise DistributedJobError(out["error"])
-    reference = out if scaling.world_size == 1 else run_job(case, 1, settings)
-    base_case = case if case.variant.name == DDP.name else _with_variant(case, DDP)
-    base = run_job(base_case, 1, settings)
-    if not base["ok"]:
-        raise DistributedJobError(f"the ddp baseline at world size 1 failed: {base['error']}")
+    reference = out if scaling.world_size == 1 else _reference(case, settings)
+    base = (
+        out
+        if case.variant.name == DDP.name and scaling.world_size == 1
+        else _reference(_with_variant(case, DDP), settings)
+    )
     point = _point(out, scaling.kind)
     rounds_s = slowest_rank_times(point)
     summary = timing.summarize(rounds_s)
     total = images_per_s(out, scaling.kind)
     reference_rate = images_per_s(reference, "reference") if reference["ok"] else None
-    base_rate = images_per_s(base, "reference")
+    base_rate = images_per_s(base, "reference") if base["ok"] else None
     world = scaling.world_size
     rank_rates = [point["per_rank_batch"] / statistics.median(times) for times in point["rank_times_s"]]
     comm = point["comm"]
@@ -213,8 +212,10 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
         "images_per_s": total,
         "images_per_s_per_rank": total / world,
         "images_per_s_by_rank": rank_rates,
-        "eager_median_ms": statistics.median(slowest_rank_times(_point(base, "reference"))) * 1e3,
-        "speedup_vs_eager": total / base_rate,
+        "eager_median_ms": statistics.median(slowest_rank_times(_point(base, "reference"))) * 1e3
+        if base_rate
+        else None,
+        "speedup_vs_eager": total / base_rate if base_rate else None,
         "baseline": f"ddp at world size 1, batch {case.batch_size}",
         "ideal_images_per_s": world * reference_rate if reference_rate else None,
         "scaling_efficiency": total / (world * reference_rate) if reference_rate else None,
@@ -233,7 +234,19 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
         **out["check"],
         **{f"info_{k}": v for k, v in out["info"].items()},
     }
+    for name, job in (("reference_error", reference), ("baseline_error", base)):
+        if not job["ok"]:
+            record[name] = job["error"]
     return record, rounds_s
+
+
+def _reference(case, settings) -> dict:
+    """World size 1 of `case`: its job's results, or {"ok": False, "error": ...} when that job failed (the case
+    keeps its own figures; efficiency or speedup is then None, with the reason in the record)."""
+    try:
+        return run_job(case, 1, settings)
+    except DistributedJobError as error:
+        return {"ok": False, "error": str(error).splitlines()[0]}
 
 
 def _with_variant(case, variant: Variant):

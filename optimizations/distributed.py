@@ -74,7 +74,9 @@ def apply(model: nn.Module, example_inputs: tuple, config: DistConfig) -> Runner
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     cuda = device.type == "cuda"
     amp_dtype = (torch.float16 if cuda else torch.bfloat16) if config.amp else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    # fp16: a GradScaler starting at 2**10, not 2**16: a first step skipped for overflow (common from random
+    # weights at 2**16) would leave the correctness check no update to compare; the scale grows from there
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10) if amp_dtype == torch.float16 else None
     forward = torch.compile(wrapped) if config.compile else wrapped
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     info.update(amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None, grad_scaler=scaler is not None)
