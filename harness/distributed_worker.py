@@ -197,7 +197,7 @@ def measure_point(runner, spec, job: dict, point: dict, group: Rank) -> dict:
         rounds = timing.choose_rounds(slowest.item(), t["budget_s"], t["min_rounds"], t["max_rounds"])
         times = [timed() for _ in range(rounds)]
         comm = profiled_step(runner, inputs, group, sync)
-    mine = {"times": times, "host_mb": host.peak_mb, "device_mb": device_peak.peak_mb, "comm": comm}
+    mine = {"times": times, "host_mb": host.peak_mb, "device_mb": device_peak.peak_mb, "comm": comm, "first": warm[0]}
     ranks: list = [None] * group.world_size
     dist.all_gather_object(ranks, mine)
     return {
@@ -206,6 +206,7 @@ def measure_point(runner, spec, job: dict, point: dict, group: Rank) -> dict:
         "peak_host_mb": [r["host_mb"] for r in ranks],
         "peak_device_mb": [r["device_mb"] for r in ranks],
         "comm": [r["comm"] for r in ranks],
+        "first_warmup_s": max(r["first"] for r in ranks),  # a compiled step recompiles for a new batch size here
     }
 
 
