@@ -153,6 +153,16 @@ def _kill_all(proc: subprocess.Popen, seen: dict) -> None:
     psutil.wait_procs([p for p in seen.values() if _alive(p)], timeout=5)
 
 
+def _terminate_with_parent() -> None:
+    """In the torchrun child, before it runs: on Linux, SIGTERM when the launching process dies, even by SIGKILL
+    (a CI job's timeout), so torchrun stops its ranks instead of leaving them behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def launch(
     target: list[str],
     nproc: int,
@@ -177,7 +187,15 @@ def launch(
     out_path, err_path = log_dir / "torchrun.out", log_dir / "torchrun.err"
     start = time.monotonic()
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, cwd=cwd or ROOT, env=full_env, start_new_session=True)
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            cwd=cwd or ROOT,
+            env=full_env,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
         seen: dict[int, psutil.Process] = {}
         timed_out = False
         try:
