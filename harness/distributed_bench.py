@@ -207,6 +207,7 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
         "per_rank_batch_size": point["per_rank_batch"],
         "global_batch_size": point["per_rank_batch"] * world,
         "backend": out["backend"],
+        "device_name": out["device_name"],
         **timing_fields(summary),
         "samples_per_s": total,
         "images_per_s": total,
@@ -219,10 +220,10 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
         "baseline": f"ddp at world size 1, batch {case.batch_size}",
         "ideal_images_per_s": world * reference_rate if reference_rate else None,
         "scaling_efficiency": total / (world * reference_rate) if reference_rate else None,
-        "comm_share": statistics.fmean(c["share"] for c in comm),
+        "comm_share": _mean(c["share"] for c in comm),
         "comm_share_by_rank": [c["share"] for c in comm],
-        "comm_ms": statistics.fmean(c["comm_ms"] for c in comm),
-        "profiled_step_ms": max(c["step_ms"] for c in comm),
+        "comm_ms": _mean(c["comm_ms"] for c in comm),
+        "profiled_step_ms": max((c["step_ms"] for c in comm if c["step_ms"] is not None), default=None),
         "peak_device_mb": max(peaks_device) if all(p is not None for p in peaks_device) else None,
         "peak_device_mb_by_rank": peaks_device,
         "peak_host_mb": max(point["peak_host_mb"]),
@@ -239,6 +240,12 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
         if not job["ok"]:
             record[name] = job["error"]
     return record, rounds_s
+
+
+def _mean(values) -> float | None:
+    """The mean of the ranks' figures; None when a rank's profile held no marked step."""
+    values = list(values)
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def _reference(case, settings) -> dict:
