@@ -59,6 +59,9 @@ ALL_MODELS = (
 # Seed 004's table runs DenseNet-121 at batch 1, 4, 8, 16, 32; seed 002 runs BERT from batch 1 to 256.
 DEPLOYMENT_BATCH_SIZES = {"densenet121": (1, 4, 8, 16, 32), "bert-base": (1, 8, 32, 64, 128, 256)}
 
+# Per rank (weak scaling) and global (strong): the figure a user checks before buying GPUs is resnet50 at 64 per GPU.
+DISTRIBUTED_BATCH_SIZES = {"resnet50": (64,), "convnext-seed": (128,)}
+
 PROFILES = {
     "quick": Profile(
         name="quick",
@@ -76,7 +79,7 @@ PROFILES = {
         kernel_sizes=(2**16, 2**20),
         kernel_dtypes=("fp32",),
         accuracy_models=("resnet18", "resnet50"),
-        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base")},
+        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base"), "distributed": ("convnext-seed",)},
         family_batch_sizes={},
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
@@ -98,7 +101,11 @@ PROFILES = {
         kernel_dtypes=("fp32", "bf16"),
         accuracy_models=("resnet18", "resnet50", "densenet121"),
         family_models={},
-        family_batch_sizes={"onnxruntime": DEPLOYMENT_BATCH_SIZES, "tensorrt": DEPLOYMENT_BATCH_SIZES},
+        family_batch_sizes={
+            "onnxruntime": DEPLOYMENT_BATCH_SIZES,
+            "tensorrt": DEPLOYMENT_BATCH_SIZES,
+            "distributed": DISTRIBUTED_BATCH_SIZES,
+        },
         compile_training_activations=True,
         summary="the seeds' settings: images 224x224, batch sizes 1 and 64 (deployment benches: densenet121 at "
         "1-32, bert-base at 1-256), every model and variant",

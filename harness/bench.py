@@ -69,6 +69,8 @@ class Settings:
     data: str = "synthetic"  # where calibration and evaluation images come from (harness.data sources)
     eval_samples: int = 256
     train_image_size: int = 224  # the training benches' input size
+    world_sizes: tuple[int, ...] = (1, 2)  # the distributed bench's torchrun world sizes
+    dist_timeout_s: float = 600.0  # a whole torchrun job of the distributed bench, startup included
 
 
 def case_fields(case: Case, profile: str) -> dict:

@@ -71,13 +71,22 @@ REQUIREMENTS = {
         "(pip install -e .[trt])",
     ),
     "trt": (lambda: has_module("tensorrt"), "needs tensorrt: pip install -e .[trt] (from NVIDIA's package index)"),
+    "torchrun": (lambda: _torchrun_problem() is None, lambda: _torchrun_problem()),
 }
+
+
+def _torchrun_problem() -> str | None:
+    from harness.distributed import torchrun_problem
+
+    return torchrun_problem()
 
 
 def missing_requirement(marker: str) -> str | None:
     """The skip reason when requirement `marker` is not met, else None."""
     check, reason = REQUIREMENTS[marker]
-    return None if check() else reason
+    if check():
+        return None
+    return reason() if callable(reason) else reason
 
 
 def require_module(name: str, extra: str = "") -> None:

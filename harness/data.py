@@ -112,16 +112,19 @@ def make_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    sampler=None,
 ) -> DataLoader:
     """A DataLoader whose shuffling order is fixed by `seed` (a seeded generator, not the global RNG).
 
     With workers > 0 each worker's torch/random/numpy RNGs are seeded from that generator too, so random
-    augmentations repeat; with workers=0 they draw from torch's global RNG (seed it with torch.manual_seed).
+    augmentations repeat; with workers=0 they draw from torch's global RNG (seed it with torch.manual_seed). A
+    `sampler` (e.g. a DistributedSampler) replaces the shuffling.
     """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=workers,
         generator=torch.Generator().manual_seed(seed),
         drop_last=drop_last,

@@ -28,7 +28,7 @@ VARIANT_NAMES = pytest.StashKey[set]()
 PROGRESS = pytest.StashKey[RunProgress]()
 SMOKE_OUTCOMES = pytest.StashKey[dict]()
 DURATIONS_CACHE = "nn-speedups/durations"
-BENCH_FIXTURES = ("measure", "measure_training", "measure_fn")
+BENCH_FIXTURES = ("measure", "measure_training", "measure_fn", "measure_distributed")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -91,6 +91,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="size of an open (symbolic) input dim of an --onnx graph other than the batch, e.g. sequence=128",
     )
     group.addoption("--seq-len", type=int, default=None, help="sequence length of hf: models (default 128)")
+    group.addoption(
+        "--world-sizes",
+        default="1,2",
+        help="distributed bench: torchrun world sizes, e.g. 1,2,4,8 (default 1,2; one process per GPU, or per core)",
+    )
+    group.addoption(
+        "--dist-timeout", type=float, default=600.0, help="distributed bench: seconds one torchrun job may take"
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -149,6 +157,14 @@ def _settings(config: pytest.Config) -> Settings:
     except ValueError as error:
         raise pytest.UsageError(f"--data {data!r}: {error}") from None
     eval_samples = config.getoption("--eval-samples") or (1024 if profile.name == "full" else 128)
+    from harness.distributed_bench import parse_world_sizes
+
+    try:
+        world_sizes = parse_world_sizes(config.getoption("--world-sizes"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    if not config.getoption("--dist-timeout") > 0:
+        raise pytest.UsageError(f"--dist-timeout {config.getoption('--dist-timeout')}: give seconds > 0, e.g. 600")
     return Settings(
         device=device,
         profile=profile,
@@ -157,6 +173,8 @@ def _settings(config: pytest.Config) -> Settings:
         data=data,
         eval_samples=eval_samples,
         train_image_size=config.getoption("--image-size") or profile.train_image_size,
+        world_sizes=world_sizes,
+        dist_timeout_s=config.getoption("--dist-timeout"),
     )
 
 
@@ -209,6 +227,7 @@ MARKERS = {
     "ort_trt": "needs onnxruntime's TensorrtExecutionProvider and a CUDA device",
     "trt": "needs tensorrt (pip install nn-speedups[trt])",
     "slow": "long-running; runs in --profile full",
+    "torchrun": "needs torch.distributed and torchrun (the distributed bench); skipped with the reason",
 }
 
 
@@ -342,6 +361,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             reason = "the smoke profile runs GPU-only variants, and this matrix has none"
         params = [pytest.param(None, id="no-model", marks=pytest.mark.skip(reason=reason))]
     metafunc.parametrize("case", params)
+    if "scaling" in metafunc.fixturenames:
+        _parametrize_scaling(metafunc, settings)
+
+
+def _parametrize_scaling(metafunc: pytest.Metafunc, settings: Settings) -> None:
+    """The distributed bench's world-size axis: ws1 (the reference), and per larger world size its weak- and
+    strong-scaling points; world sizes this machine cannot hold skip with the reason."""
+    from harness.distributed import world_size_problem
+    from harness.distributed_bench import scaling_points
+
+    params = []
+    for point in scaling_points(settings.world_sizes):
+        problem = world_size_problem(point.world_size, settings.device)
+        marks = [pytest.mark.skip(reason=problem)] if problem else []
+        params.append(pytest.param(point, id=point.id, marks=marks))
+    metafunc.parametrize("scaling", params)
 
 
 BASELINES = ("eager", "vanilla")
@@ -474,6 +509,45 @@ def measure_fn(request: pytest.FixtureRequest, benchmark, settings: Settings):
         return record
 
     return run
+
+
+@pytest.fixture
+def measure_distributed(request: pytest.FixtureRequest, benchmark, settings: Settings):
+    """measure_distributed(case, scaling): a torchrun job checks the data-parallel step against one process's, then
+    times it; the slowest rank's per-step times become this test's pytest-benchmark rounds."""
+    from harness.distributed_bench import Unsupported, run_distributed_case
+
+    def run(case: Case, scaling) -> dict:
+        benchmark.group = case.group
+        try:
+            record, rounds_s = run_distributed_case(case, scaling, settings)
+        except Unsupported as reason:
+            pytest.skip(str(reason))
+        _record_rounds(benchmark, rounds_s)
+        _keep(request, benchmark, case.group, record)
+        return record
+
+    return run
+
+
+def _record_rounds(benchmark, rounds_s: list[float]) -> None:
+    """Per-round durations measured elsewhere (in torchrun's ranks) into pytest-benchmark's statistics, as if it
+    had timed them: what --benchmark-compare, the saved JSON and its tables read. pytest-benchmark 4-5 keep a
+    test's rounds in the Stats of the Metadata that `_make_stats` registers with the session."""
+    if benchmark.disabled:
+        return
+    make_stats = getattr(benchmark, "_make_stats", None)
+    if make_stats is None:
+        import pytest_benchmark
+
+        raise RuntimeError(
+            f"pytest-benchmark {pytest_benchmark.__version__} has no BenchmarkFixture._make_stats, which the "
+            "distributed bench feeds its rounds through: install pytest-benchmark>=4,<6 (pip install -e .)"
+        )
+    benchmark._mode = "external rounds"  # the fixture's once-only guard, as pedantic() sets it
+    stats = make_stats(1)
+    for seconds in rounds_s:
+        stats.update(seconds)
 
 
 def _keep(request: pytest.FixtureRequest, benchmark, group: str, record: dict) -> None:

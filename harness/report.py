@@ -55,6 +55,13 @@ def _label(row: dict) -> str:
     return row["variant"] if row["variant"].endswith(dtype) else f"{row['variant']}-{dtype}"
 
 
+def _world(row: dict) -> str:
+    """A distributed row's world-size point (ws1, ws2-weak, ws2-strong); empty for other rows."""
+    if row.get("world_size") is None:
+        return ""
+    return f"ws{row['world_size']}" + (f"-{row['scaling']}" if row.get("scaling") not in (None, "reference") else "")
+
+
 def _memory(row: dict):
     return row.get("peak_device_mb") if row.get("peak_device_mb") is not None else row.get("peak_host_mb")
 
@@ -109,8 +116,8 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
     """(title, markdown table) per model and activation: rows are variants, columns per batch size."""
     by_model: dict[tuple, list[dict]] = defaultdict(list)
     for row in table_rows:
-        if "epoch_s_projected" in row or "achieved_gbps" in row:
-            continue  # training and kernel rows have tables of their own
+        if "epoch_s_projected" in row or "achieved_gbps" in row or "world_size" in row:
+            continue  # training, kernel and distributed rows have tables of their own
         by_model[(row.get("family", "inference"), row["model"], row.get("activation"))].append(row)
     tables = []
     for (family, model, activation), model_rows in by_model.items():
@@ -261,8 +268,101 @@ def plot_operator_charts(table_rows: list[dict], path: Path) -> Path | None:
     return path
 
 
+def distributed_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Data-parallel rows (benches/test_distributed.py): per model and batch, variant x world size with the slowest
+    rank's step time, total and per-rank images/s, scaling efficiency against world size 1 (ideal: 100%), the
+    communication share of a profiled step and peak memory per rank."""
+    dist = [r for r in table_rows if "world_size" in r]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in dist:
+        groups[(r["model"], r["batch_size"])].append(r)
+    tables = []
+    order = {"reference": 0, "weak": 1, "strong": 2}
+    for (model, batch), picked in groups.items():
+        picked = sorted(picked, key=lambda r: (_label(r), r["world_size"], order.get(r.get("scaling"), 3)))
+        header = ["variant", "ranks", "scaling", "batch per rank / global", "step ms (p50 / p90)", "images/s",
+                  "per rank", "ideal images/s", "efficiency", "comm share", "peak MB per rank", "check"]  # fmt: skip
+        body = [
+            [
+                _label(r),
+                str(r["world_size"]),
+                r.get("scaling") or "-",
+                f"{r['per_rank_batch_size']} / {r['global_batch_size']}",
+                f"{_fmt(r['median_ms'])} / {_fmt(r.get('p90_ms'))}",
+                _fmt(r["images_per_s"], 1),
+                _fmt(r["images_per_s_per_rank"], 1),
+                _fmt(r.get("ideal_images_per_s"), 1),
+                _pct(r.get("scaling_efficiency")),
+                _pct(r.get("comm_share")),
+                _fmt(_memory(r), 0),
+                r.get("check") or "-",
+            ]
+            for r in picked
+        ]
+        first = picked[0]
+        title = (
+            f"distributed: {model}, batch {batch}, image {first.get('image_size')} ({first['device']}, "
+            f"{first.get('backend')}, {first.get('threads')} thread(s) per rank)"
+        )
+        note = (
+            "\nweak: each rank keeps the batch (the global batch grows); strong: the ranks share it. Efficiency = "
+            "images/s / (ranks x the same variant's images/s at 1 rank); ideal 100%. Step time: the slowest rank's, "
+            "per step.\n"
+        )
+        tables.append((title, _markdown_table(header, body) + note))
+    return tables
+
+
+def plot_scaling(run_rows: list[dict], path: Path) -> Path:
+    """Per model and batch: total images/s against world size with the ideal line (world size x the rate at 1),
+    and scaling efficiency against the ideal 100%; weak scaling solid, strong dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dist = [r for r in run_rows if "world_size" in r]
+    groups = sorted({(r["model"], r["batch_size"]) for r in dist})
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.8 * len(groups)), squeeze=False)
+    for (ax_rate, ax_eff), (model, batch) in zip(axes, groups):
+        mine = [r for r in dist if (r["model"], r["batch_size"]) == (model, batch)]
+        sizes = sorted({r["world_size"] for r in mine})
+        for label in sorted({_label(r) for r in mine}):
+            rows_ = [r for r in mine if _label(r) == label]
+            ref = next((r for r in rows_ if r["world_size"] == 1), None)
+            for kind, style in (("weak", "-"), ("strong", "--")):
+                points = sorted(
+                    (r["world_size"], r["images_per_s"], r.get("scaling_efficiency"))
+                    for r in rows_
+                    if r.get("scaling") == kind or r["world_size"] == 1
+                )
+                if len(points) < 2 and not ref:
+                    continue
+                xs = [p[0] for p in points]
+                ax_rate.plot(xs, [p[1] for p in points], style, marker="o", label=f"{label} {kind}")
+                effs = [(x, e) for x, _, e in points if e is not None]
+                ax_eff.plot(
+                    [x for x, _ in effs], [100 * e for _, e in effs], style, marker="o", label=f"{label} {kind}"
+                )
+            if ref and label.startswith("ddp-fp32"):
+                ax_rate.plot(sizes, [n * ref["images_per_s"] for n in sizes], ":", color="black", label="ideal (ddp)")
+        ax_eff.axhline(100, color="black", linestyle=":", label="ideal")
+        for ax in (ax_rate, ax_eff):
+            ax.set_xticks(sizes)
+            ax.set_xlabel("world size (ranks)")
+            ax.legend(fontsize=6)
+        ax_rate.set_ylabel("images/s (all ranks)")
+        ax_eff.set_ylabel("scaling efficiency %")
+        ax_rate.set_title(f"{model}, batch {batch}: throughput", fontsize=9)
+        ax_eff.set_title(f"{model}, batch {batch}: efficiency against world size 1", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def comparison_table(run_rows: list[dict], base_rows: list[dict]) -> str:
-    key = lambda r: (r.get("family"), r["model"], r.get("activation"), _label(r), r["batch_size"])  # noqa: E731
+    key = lambda r: (r.get("family"), r["model"], r.get("activation"), _label(r), r["batch_size"], _world(r))  # noqa: E731
     base = {key(r): r for r in base_rows}
     header = ["model", "variant", "batch", "baseline ms", "run ms", "run / baseline"]
     body = []
@@ -271,7 +371,14 @@ def comparison_table(run_rows: list[dict], base_rows: list[dict]) -> str:
         ratio = r["median_ms"] / b["median_ms"] if b else None
         model = r["model"] + (f" ({r['activation']})" if r.get("activation") else "")
         body.append(
-            [model, _label(r), str(r["batch_size"]), _fmt(b and b["median_ms"]), _fmt(r["median_ms"]), _fmt(ratio, 3)]
+            [
+                model,
+                "-".join(filter(None, (_label(r), _world(r)))),
+                str(r["batch_size"]),
+                _fmt(b and b["median_ms"]),
+                _fmt(r["median_ms"]),
+                _fmt(ratio, 3),
+            ]
         )
     return _markdown_table(header, body)
 
@@ -320,7 +427,7 @@ def render_tables(run: dict, baseline: dict | None = None) -> str:
     run_rows = rows(run)
     text = [f"Machine: {_machine_line(run)}\n"]
     sections = model_tables(run_rows) + activation_table(run_rows) + deployment_table(run_rows)
-    sections += kernel_tables(run_rows) + training_tables(run_rows)
+    sections += kernel_tables(run_rows) + training_tables(run_rows) + distributed_tables(run_rows)
     for title, table in sections + operator_charts(run_rows):
         text.append(f"\n### {title}\n\n{table}")
     if baseline is not None:
@@ -444,11 +551,16 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     md.write_text(header + body)
     paths = [md, write_csv(run_rows, base.with_suffix(".csv"))]
     model_rows = [r for r in run_rows if "speedup_vs_eager" in r and "epoch_s_projected" not in r]
-    speedup_rows = [r for r in run_rows if r.get("speedup_vs_eager") is not None]
+    model_rows = [r for r in model_rows if "world_size" not in r]
+    speedup_rows = [r for r in run_rows if r.get("speedup_vs_eager") is not None and "world_size" not in r]
     if speedup_rows:
         paths.append(plot_speedups(speedup_rows, speed_png))
     if model_rows:
         paths.append(plot_latency(model_rows, latency_png))
+    if any("world_size" in r for r in run_rows):
+        scaling_png = plot_scaling(run_rows, base.parent / f"{base.name}-scaling.png")
+        paths.append(scaling_png)
+        md.write_text(md.read_text() + f"\n![data-parallel scaling against the ideal line]({scaling_png.name})\n")
     if run_rows:
         ops_png = plot_operator_charts(run_rows, base.parent / f"{base.name}-onnx-ops.png")
         if ops_png is not None:

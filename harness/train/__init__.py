@@ -32,7 +32,8 @@ one; with worker processes the shuffle order repeats but the workers' augmentati
 
 Large-batch options (seed 003, "Challenges with convergence"):
 
-- --scale-lr: linear scaling, lr_eff = lr * batch_size / base_batch_size (base 128, the seed's batch).
+- --scale-lr: linear scaling, lr_eff = lr * batch_size / base_batch_size (base 128, the seed's batch); under
+  torchrun, batch_size x world size (the global batch).
 - --warmup-epochs E: per step linear warmup, lr(step) = lr_eff * (step + 1) / W for step < W = ceil(E * steps per
   epoch), lr_eff afterwards.
 - --ghost-batch-size G: every BatchNorm2d becomes a GhostBatchNorm2d (models.ghost_bn) normalizing chunks of G
@@ -62,8 +63,9 @@ batches. The set is easy (the baseline is near its ceiling after one epoch), the
 Top-5 is 99-100% throughout (10 classes).
 
 The package, by concern: `config` (TrainConfig and its checks), `schedule` (the LR rule), `build` (device, model,
-optimizer, data), `loop` (epochs, steps, evaluation, metrics), `checkpoint` (save, resume, RNG states), `log`,
-`cli` (the command line). Ghost BN is a model layer: models.ghost_bn.
+optimizer, data), `loop` (epochs, steps, evaluation, metrics), `checkpoint` (save, resume, RNG states),
+`distributed` (DDP under torchrun: `torchrun --nproc-per-node N -m harness.train ...`), `log`, `cli` (the command
+line). Ghost BN is a model layer: models.ghost_bn.
 """
 
 from harness.train.build import resolve_device, trainable_models

@@ -70,9 +70,9 @@ def build_model(config: TrainConfig, num_classes: int, device: torch.device) -> 
     return model.train(), sum(p.numel() for p in model.parameters()), ghost_layers
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> tuple[torch.optim.AdamW, bool]:
+def build_optimizer(config: TrainConfig, model: nn.Module, world_size: int = 1) -> tuple[torch.optim.AdamW, bool]:
     params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = {"lr": effective_lr(config), "weight_decay": config.weight_decay}
+    kwargs = {"lr": effective_lr(config, world_size), "weight_decay": config.weight_decay}
     if config.fused_adamw:
         try:
             return torch.optim.AdamW(params, fused=True, **kwargs), True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", nargs="?", const="auto", default=None, help="'auto' (OUT_DIR/last.pt if present) or a path")
     add("--log-every", type=int, default=defaults["log_every"], help="log line every N steps without a bar")
     add("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    add("--dist-timeout", dest="dist_timeout_s", type=float, default=defaults["dist_timeout_s"],
+        help="torchrun runs: seconds a collective may wait for a rank before failing (default: 1800)")  # fmt: skip
     return parser
 
 
@@ -62,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = train(config)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+        rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"error: {rank}{error}", file=sys.stderr)
         return 2
-    say(config, f"metrics: {Path(config.out_dir) / 'metrics.json'}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone writes metrics.json
+        say(config, f"metrics: {Path(config.out_dir) / 'metrics.json'}")
     return 1 if metrics["diverged"] else 0

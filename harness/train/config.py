@@ -41,6 +41,7 @@ class TrainConfig:
     resume: str | None = None  # a checkpoint path, or "auto" for OUT_DIR/last.pt when it exists
     activation: str | None = None  # for models with an activation slot (convnext-seed)
     log_every: int = 100  # a log line every N steps when no progress bar is shown (0: never)
+    dist_timeout_s: float = 1800.0  # under torchrun: a collective waiting longer raises (a rank died or hangs)
     quiet: bool = False
 
 
@@ -55,6 +56,8 @@ def check_config(config: TrainConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if config.lr <= 0 or config.weight_decay < 0 or config.warmup_epochs < 0:
         raise ConfigError("need --lr > 0, --weight-decay >= 0 and --warmup-epochs >= 0")
+    if not config.dist_timeout_s > 0:
+        raise ConfigError(f"--dist-timeout must be > 0 seconds, got {config.dist_timeout_s}")
     if config.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {config.workers}")
     if config.ghost_batch_size is not None and config.batch_size % config.ghost_batch_size:

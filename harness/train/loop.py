@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from harness.data import make_loader
 from harness.train import checkpoint
+from harness.train import distributed as dp
 from harness.train.build import build_model, build_optimizer, build_splits, resolve_device
 from harness.train.config import TrainConfig, check_config
 from harness.train.log import Progress, say
@@ -42,20 +43,39 @@ def split_compile_time(steps: list[tuple[float, bool]]) -> tuple[float, float]:
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         check_config(config)
-        self.config = config
         self.device = resolve_device(config.device)
+        self.dist = dp.setup(config, self.device)  # None unless started by torchrun
+        if self.dist is not None:
+            self.device = self.dist.device
+            if not self.dist.is_main:
+                config = replace(config, quiet=True)  # rank 0 alone prints
+        self.config = config
+        self.world_size = self.dist.world_size if self.dist else 1
         checkpoint.seed_everything(config.seed)
         self.splits = build_splits(config)
         self.model, self.parameters, self.ghost_layers = build_model(config, self.splits.num_classes, self.device)
-        self.optimizer, self.fused = build_optimizer(config, self.model)
+        self.optimizer, self.fused = build_optimizer(config, self.model, self.world_size)
         cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if config.amp and cuda else None
         self.amp_dtype = (torch.float16 if cuda else torch.bfloat16) if config.amp else None
+        self.train_sampler = self.dist.train_sampler(self.splits.train, config.seed) if self.dist else None
+        if self.dist is not None:
+            dp.check_split(self.dist, len(self.splits.train), config.batch_size)
         self.train_loader = make_loader(
-            self.splits.train, config.batch_size, True, config.workers, config.seed, drop_last=True, pin_memory=cuda
+            self.splits.train,
+            config.batch_size,
+            True,
+            config.workers,
+            config.seed,
+            drop_last=True,
+            pin_memory=cuda,
+            sampler=self.train_sampler,
         )
         eval_batch = config.eval_batch_size or config.batch_size
-        self.val_loader = make_loader(self.splits.val, eval_batch, False, config.workers, config.seed, pin_memory=cuda)
+        eval_sampler = self.dist.eval_sampler(self.splits.val) if self.dist else None
+        self.val_loader = make_loader(
+            self.splits.val, eval_batch, False, config.workers, config.seed, pin_memory=cuda, sampler=eval_sampler
+        )
         self.steps_per_epoch = len(self.train_loader)
         self.history: list[dict] = []
         self.start_epoch, self.step, self.resumed_from = 0, 0, None
@@ -63,7 +83,11 @@ class Trainer:
         resume = checkpoint.to_resume(config, self.out_dir)
         if resume is not None:
             checkpoint.restore(self, resume)
+        if self.dist is not None and not self.dist.is_main:  # the ranks' augmentations differ (rank 0 keeps --seed)
+            checkpoint.seed_everything(config.seed + 1000 * self.dist.rank + self.start_epoch)
         self.runner = torch.compile(self.model) if config.compile else self.model
+        # training goes through DDP (gradients averaged over the ranks); evaluation, sharded, through the model
+        self.train_runner = self.dist.wrap(self.model, config.compile) if self.dist else self.runner
         self.seen_shapes: set[tuple] = set()
         self.show_bar = not config.quiet and sys.stderr.isatty()
         self.checkpoint_s = 0.0  # writing checkpoints in this process, outside epoch_s
@@ -106,18 +130,20 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
-        self.runner.train()
+        self.train_runner.train()
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch)  # a new shuffle of the ranks' shares every epoch
         data_s, steps = 0.0, []
         loss_sum, samples, lr = torch.zeros((), device=self.device), 0, self.optimizer.param_groups[0]["lr"]
         progress = Progress(self.steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", self.show_bar)
         for fetch_s, images, labels in self._batches(self.train_loader):
             data_s += fetch_s
-            lr = lr_at_step(config, self.step, self.steps_per_epoch)
+            lr = lr_at_step(config, self.step, self.steps_per_epoch, self.world_size)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             start = time.perf_counter()
             with self._autocast():
-                loss = F.cross_entropy(self.runner(images), labels)
+                loss = F.cross_entropy(self.train_runner(images), labels)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -141,6 +167,10 @@ class Trainer:
                 )
         progress.close()
         compute_s, compile_s = split_compile_time(steps)
+        if self.dist is not None:  # all ranks' images; the slowest rank's times
+            loss_sum, samples = self.dist.sum(loss_sum, samples)
+            loss_sum, samples = torch.tensor(loss_sum), int(samples)
+            data_s, compute_s, compile_s = self.dist.max(data_s, compute_s, compile_s)
         return {
             "train_loss": (loss_sum / max(samples, 1)).item(),
             "lr": lr,
@@ -175,10 +205,14 @@ class Trainer:
             steps.append((now - start, self._first_of_shape("eval", images)))
             start = now
         eval_s, compile_s = split_compile_time(steps)
+        if self.dist is not None:  # every validation image counted once, on the rank that holds it
+            loss_sum, correct1, correct5, samples = self.dist.sum(loss_sum, correct1, correct5, samples)
+            loss_sum, correct1, correct5, samples = loss_sum, int(correct1), int(correct5), int(samples)
+            eval_s, compile_s = self.dist.max(eval_s, compile_s)
         return {
-            "val_loss": loss_sum.item() / samples,
-            "top1": correct1.item() / samples,
-            "top5": correct5.item() / samples if num_classes >= 5 else None,
+            "val_loss": float(loss_sum) / samples,
+            "top1": int(correct1) / samples,
+            "top5": int(correct5) / samples if num_classes >= 5 else None,
             "val_images": samples,
             "eval_s": eval_s,
             "eval_compile_s": compile_s,
@@ -220,9 +254,14 @@ class Trainer:
             config,
             f"{config.model}: {self.parameters:,} parameters, {self.splits.num_classes} classes; data {config.data} "
             f"(train {len(self.splits.train)}, val {len(self.splits.val)}) at {config.image_size}px; device "
-            f"{self.device}; batch {config.batch_size}, lr {effective_lr(config):.3g}"
+            f"{self.device}; batch {config.batch_size}{self._ranks()}, lr {effective_lr(config, self.world_size):.3g}"
             f"{ghost if self.ghost_layers else ''}{resumed}",
         )
+
+    def _ranks(self) -> str:
+        if self.dist is None:
+            return ""
+        return f" per rank x {self.world_size} ranks ({self.dist.backend}) = {self.config.batch_size * self.world_size}"
 
     def _report(self, record: dict) -> None:
         top5 = f" top5 {100 * record['top5']:.2f}%" if record["top5"] is not None else ""
@@ -236,7 +275,7 @@ class Trainer:
         )
 
     def _save_checkpoint(self, epoch: int) -> None:
-        if self.out_dir is None:
+        if self.out_dir is None or (self.dist is not None and not self.dist.is_main):
             return
         best = max(r["top1"] for r in self.history) == self.history[-1]["top1"]
         checkpoint.save(self.out_dir, checkpoint.payload(self, epoch), best)
@@ -267,7 +306,7 @@ class Trainer:
             },
             "optimizer": {
                 "name": "AdamW",
-                "lr_effective": effective_lr(self.config),
+                "lr_effective": effective_lr(self.config, self.world_size),
                 "warmup_steps": warmup_steps(self.config, self.steps_per_epoch),
                 "fused": self.fused,
                 "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
@@ -277,6 +316,7 @@ class Trainer:
             "totals": totals,
             "resumed_from": self.resumed_from,
             "diverged": diverged,
+            "distributed": self.dist.describe(self.config.batch_size) if self.dist else None,
             "machine": self._machine(),
         }
 
@@ -288,7 +328,7 @@ class Trainer:
 
     def _write_metrics(self, diverged: bool) -> dict:
         metrics = self.metrics(diverged)
-        if self.out_dir is not None:
+        if self.out_dir is not None and (self.dist is None or self.dist.is_main):
             checkpoint.write_json(self.out_dir, "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
         return metrics
 
@@ -306,4 +346,9 @@ def train(config: TrainConfig) -> dict:
 
     Raises ConfigError for bad input. `metrics["diverged"]` is True when the train loss stopped being finite.
     """
-    return Trainer(config).run()
+    trainer = Trainer(config)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.dist is not None:
+            trainer.dist.close()
