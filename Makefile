@@ -1,11 +1,13 @@
 # make bench: set up .venv and run the main job (quick profile on a CPU, full on a GPU).
 # make test:  set up .venv and run the self-tests.
+# make gate-aa: the regression gate's A/A study on this machine (run it on an idle machine; README, 'Catching
+#              regressions'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup bench test lint clean
+.PHONY: setup bench test lint clean gate-aa
 
 setup: $(STAMP)
 
@@ -16,10 +18,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: $(STAMP)
-	$(PY) -m pytest benches/ --benchmark-autosave
+	$(PY) -m pytest benches/ --benchmark-autosave --benchmark-save-data
 
 test: $(STAMP)
 	$(PY) -m pytest tests/
+
+RUNS ?= 10
+INJECT_RUNS ?= 4
+gate-aa: $(STAMP)
+	$(PY) -m harness.gate --aa-study reports/gate-aa --runs $(RUNS) --inject-runs $(INJECT_RUNS) \
+		--inject 'channels-last-fp32]:1.25' -- benches/test_inference.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
