@@ -150,7 +150,8 @@ class Thresholds:
         return None, "uncalibrated"
 
     def spread(self, case: CaseRun, key: str) -> float:
-        return float(((self.cases.get(case.name) or {}).get("spread") or {}).get(key) or 0.0)
+        value = ((self.cases.get(case.name) or {}).get("spread") or {}).get(key)
+        return float(value) if _num(value) else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ verdicts
@@ -215,7 +216,7 @@ def _timing(v: Verdict, base: CaseRun, head: CaseRun, noise: float | None, limit
     v.baseline_ms, v.head_ms, v.rounds, v.medians_only = base.median_ms, head.median_ms, s.rounds, s.medians_only
     only = " (medians only: saved without --benchmark-save-data)" if s.medians_only else ""
     rounds = f"{s.rounds[0]} vs {s.rounds[1]} rounds"
-    size = f"{_pct(v.change)} ({base.median_ms:.3g} -> {head.median_ms:.3g} ms)"
+    size = f"{_pct(v.change)} (medians {base.median_ms:.3g} -> {head.median_ms:.3g} ms)"
     if s.effect > limit or s.effect < -limit:
         direction, p = ("slower", s.p_slower) if s.effect > 0 else ("faster", s.p_faster)
         v.p = p
@@ -483,7 +484,8 @@ def render_calibration(data: dict) -> str:
 def _pct(x: float | None, sign: bool = True) -> str:
     if x is None:
         return "-"
-    return f"{100 * x:+.1f}%" if sign else f"{100 * x:.1f}%"
+    digits = 0 if abs(x) >= 1 else 1
+    return f"{100 * x:+.{digits}f}%" if sign else f"{100 * x:.{digits}f}%"
 
 
 def _short(name: str) -> str:
@@ -674,10 +676,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="--calibrate: the thresholds file (default reports/gate-thresholds.json)")
     study = p.add_argument_group("A/A study (python -m harness.gate --aa-study DIR [options] -- PYTEST ARGS)")
     study.add_argument("--aa-study", metavar="DIR", help="run, calibrate and compare repeated unchanged runs")
-    study.add_argument("--runs", type=int, default=10, help="unchanged runs (default 10)")
+    study.add_argument("--runs", dest="aa_runs", type=int, default=10, help="unchanged runs (default 10)")
     study.add_argument("--calibration-runs", type=int, help="of which calibrate (default: half)")
     study.add_argument("--inject-runs", type=int, default=4, help="runs with an injected slowdown (default 4)")
-    study.add_argument("--inject", default="-channels-last-fp32]:1.25", help="SUBSTRING:FACTOR to slow down")
+    study.add_argument("--inject", default="channels-last-fp32]:1.25", help="SUBSTRING:FACTOR to slow down")
     return p
 
 

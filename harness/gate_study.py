@@ -97,16 +97,16 @@ def study(args, pytest_args: list[str], log) -> int:
     except ValueError:
         ok = False
     if not ok:
-        raise GateError(f"--inject {args.inject!r}: give SUBSTRING:FACTOR with FACTOR > 1, e.g. -eager-fp32]:1.25")
-    if args.runs < 3 or args.inject_runs < 0:
+        raise GateError(f"--inject {args.inject!r}: give SUBSTRING:FACTOR with FACTOR > 1, e.g. eager-fp32]:1.25")
+    if args.aa_runs < 3 or args.inject_runs < 0:
         raise GateError("--aa-study needs --runs >= 3 (two to calibrate on, more to compare) and --inject-runs >= 0")
     pytest_args = pytest_args or DEFAULT_PYTEST_ARGS
     options = gate._options(args)
-    runs = _runs(out, "aa", args.runs, pytest_args, {}, log)
+    runs = _runs(out, "aa", args.aa_runs, pytest_args, {}, log)
     injected = _runs(out, "inj", args.inject_runs, pytest_args, {INJECT_ENV: args.inject}, log)
     notes = check_same_machine(runs + injected, args.allow_machine_change)
-    c = args.calibration_runs if args.calibration_runs is not None else args.runs // 2
-    in_sample = c < 2 or args.runs - c < 2
+    c = args.calibration_runs if args.calibration_runs is not None else args.aa_runs // 2
+    in_sample = c < 2 or args.aa_runs - c < 2
     calibration, evaluation = (runs, runs) if in_sample else (runs[:c], runs[c:])
     thresholds = gate.Thresholds(gate.calibrate(calibration, options), str(out / "gate-thresholds.json"))
     Path(thresholds.path).write_text(json.dumps(thresholds.data, indent=1) + "\n")
@@ -141,7 +141,7 @@ def study(args, pytest_args: list[str], log) -> int:
     split = (
         f"calibrated on all {len(runs)} runs and compared in-sample (too few runs to split: optimistic)"
         if in_sample
-        else f"calibrated on runs 1-{c}, A/A comparisons between runs {c + 1}-{args.runs}"
+        else f"calibrated on runs 1-{c}, A/A comparisons between runs {c + 1}-{args.aa_runs}"
     )
     text = (
         f"## Gate A/A study: {len(runs)} unchanged runs, {len(injected)} with {INJECT_ENV}={args.inject}\n\n"
