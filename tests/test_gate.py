@@ -349,7 +349,8 @@ def _pytest(pytester, monkeypatch, slowdown: str, *args: str):
 def test_gate_end_to_end_on_a_fixed_work_variant(pytester, monkeypatch, capsys):
     """pytest saves a baseline; an unchanged run passes harness.gate; a run slowed 2x fails it and fails the stock
     --benchmark-compare-fail with a readable summary, not a traceback; --confirm re-runs the suspect in fresh
-    processes: when they are not slow (the slowdown was one run's), the gate passes; when they are, it fails."""
+    processes: when they are not slow (the slowdown was one run's), the gate passes; when they are slower than
+    re-runs of the baseline's code (--confirm-baseline), it fails."""
     pytester.makepyfile(test_gate_bench=BENCH)
     first = _pytest(pytester, monkeypatch, "1", "--benchmark-autosave", "--benchmark-save-data")
     assert first.ret == 0, first.stdout.str()[-3000:] + first.stderr.str()[-3000:]
@@ -382,10 +383,17 @@ def test_gate_end_to_end_on_a_fixed_work_variant(pytester, monkeypatch, capsys):
     assert code == 0 and steady["verdict"] == "unchanged" and "not confirmed" in steady["why"], out + err
     assert steady["confirm"]["reruns"] == 2 and "fresh process" in err
 
-    monkeypatch.setenv("SLOWDOWN", "2")  # they are: confirmed
-    code, out, err, verdicts = run_gate(tmp, capsys, storage, tmp / "slow.json", "--confirm", "--confirm-runs", "1")
+    # they are, against re-runs of the baseline's code (a checkout whose variant ignores SLOWDOWN): confirmed
+    monkeypatch.setenv("SLOWDOWN", "2")
+    base_checkout = tmp / "base-checkout"
+    base_checkout.mkdir()
+    (base_checkout / "test_gate_bench.py").write_text(BENCH.replace('float(os.environ.get("SLOWDOWN", "1"))', "1.0"))
+    code, out, err, verdicts = run_gate(
+        tmp, capsys, storage, tmp / "slow.json", "--confirm-baseline", base_checkout, "--confirm-runs", "1"
+    )
     steady = by_case(verdicts)[STEADY]
     assert code == 1 and steady["verdict"] == "slower" and steady["why"].startswith("confirmed"), out + err
+    assert steady["confirm"]["against"] == "1 baseline re-runs" and steady["change"] == pytest.approx(1.0, abs=0.2)
 
 
 def test_the_fixtures_are_runs_of_this_suite_with_rounds_and_outcomes():
