@@ -316,10 +316,16 @@ def confirm_case(
     effect. Against the saved baseline, the baseline's median is one noisy run: the threshold keeps its noise."""
     limit = confirm_threshold(v, base, options, thresholds)
     floor = math.log1p(min_effect(v.device, v.family, options.min_effect))
-    failed = [r.failed[v.case] for r in heads + (bases or []) if v.case in r.failed]
+    failed = [r.failed[v.case] for r in heads if v.case in r.failed]
     if failed:
         v.verdict = v.timing = "failed"
         v.why = f"a --confirm re-run failed: {failed[0]}"
+        return
+    failed = [r.failed[v.case] for r in bases or [] if v.case in r.failed]
+    if failed:
+        v.timing = "noisy"
+        v.why = f"not confirmed: the baseline checkout's re-run failed ({failed[0]}); {v.why}"
+        v.verdict = "regressed" if v.problems else v.timing
         return
     head_cases = [r.cases[v.case] for r in heads if v.case in r.cases]
     base_cases = [r.cases[v.case] for r in bases if v.case in r.cases] if bases is not None else [base]

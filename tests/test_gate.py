@@ -277,6 +277,19 @@ def test_confirmation_against_the_saved_baseline_keeps_the_baseline_noise():
     assert v.verdict == "slower" and v.confirm["agree"] == 3
 
 
+def test_a_rerun_that_fails_fails_the_case_unless_it_is_the_baseline_checkouts():
+    times = [1.0 + 0.001 * i for i in range(30)]
+    base, head = _run({"a": times}), _run({"a": [t * 1.5 for t in times]})
+    broken = gate_runs.Run("rerun.json", {}, {}, failed={"a": "RuntimeError: boom"})
+    options = gate.Options(confirm=True, repeats=1)
+    (v,) = gate.compare(base, head, options)
+    gate.confirm_case(v, base.cases["a"], [broken], None, options, None)
+    assert v.verdict == "failed" and "boom" in v.why
+    (v,) = gate.compare(base, head, gate.Options(confirm=True, repeats=1, rerun_baseline=True))
+    gate.confirm_case(v, base.cases["a"], [head], [broken], options, None)
+    assert v.verdict == "noisy" and "baseline checkout's re-run failed" in v.why
+
+
 def test_injected_slowdown_matches_node_ids_and_rejects_bad_specs(monkeypatch):
     assert gate_runs.INJECT_ENV == timing.INJECT_SLOWDOWN_ENV
     monkeypatch.setenv(timing.INJECT_SLOWDOWN_ENV, "-channels-last-fp32]:1.25,eager:2")
