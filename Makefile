@@ -1,6 +1,8 @@
 # make bench:     set up .venv and run the main job (quick profile on a CPU, full on a GPU).
 # make test:      set up .venv and run the self-tests.
 # make gpu-smoke: on a first GPU machine, every GPU-only path once (small), then the GPU workflow's own steps.
+# make gate-aa:   the regression gate's A/A study on this machine (run it on an idle machine; README, 'Catching
+#                 regressions'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
 # EXTRAS=dev,trt adds TensorRT (from NVIDIA's package index) to the environment.
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +11,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup bench test lint clean gpu-smoke
+.PHONY: setup bench test lint clean gpu-smoke gate-aa
 
 setup: $(STAMP)
 
@@ -20,13 +22,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: $(STAMP)
-	$(PY) -m pytest benches/ --benchmark-autosave
+	$(PY) -m pytest benches/ --benchmark-autosave --benchmark-save-data
 
 test: $(STAMP)
 	$(PY) -m pytest tests/
 
 gpu-smoke: $(STAMP)
 	$(PY) -m pytest benches/ --profile smoke --benchmark-autosave --benchmark-storage=.benchmarks/smoke
+
+RUNS ?= 10
+INJECT_RUNS ?= 4
+gate-aa: $(STAMP)
+	$(PY) -m harness.gate --aa-study reports/gate-aa --runs $(RUNS) --inject-runs $(INJECT_RUNS) \
+		--inject 'channels-last-fp32]:1.25' -- benches/test_inference.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,9 +26,10 @@ SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
 VARIANT_NAMES = pytest.StashKey[set]()
 PROGRESS = pytest.StashKey[RunProgress]()
-SMOKE_OUTCOMES = pytest.StashKey[dict]()
 DURATIONS_CACHE = "nn-speedups/durations"
 BENCH_FIXTURES = ("measure", "measure_training", "measure_fn", "measure_distributed")
+OUTCOMES = pytest.StashKey[dict]()  # {"failed": {node id: message}, "skipped": {node id: reason}}, for harness.gate
+STOCK_REGRESSIONS = pytest.StashKey[list]()  # what --benchmark-compare-fail found, printed as a summary
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -240,6 +241,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = _settings(config)
     config.stash[RECORDS] = []
     config.stash[VARIANT_NAMES] = set()
+    config.stash[OUTCOMES] = {"failed": {}, "skipped": {}}
+    config.stash[STOCK_REGRESSIONS] = []
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -450,7 +453,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
         progress.finished(item.nodeid, time.perf_counter() - start)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
+def _keep_durations(session: pytest.Session) -> None:
+    """This run's case durations into pytest's cache: the next run's estimate of what is left."""
     progress = session.config.stash.get(PROGRESS, None)
     cache = getattr(session.config, "cache", None)
     if progress is None or cache is None:
@@ -588,8 +592,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if settings is not None and settings.profile.gpu_paths_only:
         smoke_summary(terminalreporter)
     records = config.stash.get(RECORDS, [])
-    if not records:
-        return
+    if records:
+        _write_report(terminalreporter, config, records)
+    _stock_gate_summary(terminalreporter, config)
+
+
+def _write_report(terminalreporter, config: pytest.Config, records: list) -> None:
     from harness import report
 
     settings = config.stash[SETTINGS]
@@ -622,3 +630,79 @@ def smoke_summary(terminalreporter) -> None:
     terminalreporter.section("nn-speedups smoke: every GPU-only path, what ran and what skipped")
     for line in lines:
         terminalreporter.write_line(line)
+
+
+# ------------------------------------------------------------------------------------- regression gate glue
+# harness.gate reads from a saved run which cases failed or were skipped (a case that fails now is a regression, not
+# just "gone") and how to re-run a case in a fresh process (--confirm).
+
+RERUN_OPTIONS = ("--profile", "--device", "--models", "--batch-sizes", "--variants", "--image-size", "--weights",
+                 "--data", "--checkpoint", "--eval-samples")  # fmt: skip
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    outcomes = item.config.stash.get(OUTCOMES, None)
+    if outcomes is not None and report.failed:
+        message = call.excinfo.exconly() if call.excinfo else report.longreprtext
+        outcomes["failed"][item.nodeid] = (message.strip().splitlines() or [report.when])[0][:300]
+    elif outcomes is not None and report.skipped and isinstance(report.longrepr, tuple):
+        outcomes["skipped"][item.nodeid] = str(report.longrepr[2]).removeprefix("Skipped: ")[:200]
+    return report
+
+
+def rerun_args(config: pytest.Config) -> list[str]:
+    """The options that select and configure this run's cases, to re-run some of them by node id."""
+    args = []
+    for option in RERUN_OPTIONS:
+        value = config.getoption(option)
+        if value is not None:
+            args += [option, str(value)]
+    invocation = list(config.invocation_params.args)
+    for i, arg in enumerate(invocation):
+        if arg == "-p" and i + 1 < len(invocation):
+            args += ["-p", invocation[i + 1]]
+        elif arg.startswith("-p") and len(arg) > 2:
+            args.append(arg)
+    if config.getoption("markexpr", ""):
+        args += ["-m", config.getoption("markexpr")]
+    return args
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    outcomes = config.stash.get(OUTCOMES, {"failed": {}, "skipped": {}})
+    output_json["nn_speedups"] = {
+        "rootdir": str(config.rootpath),
+        "rerun_args": rerun_args(config),
+        "failed": dict(outcomes["failed"]),
+        "skipped": dict(outcomes["skipped"]),
+    }
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """pytest-benchmark's --benchmark-compare-fail raises PerformanceRegression from its terminal summary, which
+    ends the run in a traceback; its session's finish() (in its sessionfinish wrapper, before this) has found them,
+    so take them here, fail the run, and print them as a summary (_stock_gate_summary). Also keeps the durations."""
+    _keep_durations(session)
+    bench_session = getattr(session.config, "_benchmarksession", None)
+    regressions = getattr(bench_session, "performance_regressions", None)
+    if regressions:
+        session.config.stash[STOCK_REGRESSIONS] = list(regressions)
+        regressions.clear()
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _stock_gate_summary(terminalreporter, config: pytest.Config) -> None:
+    regressions = config.stash.get(STOCK_REGRESSIONS, [])
+    if not regressions:
+        return
+    terminalreporter.section("nn-speedups: performance has regressed (--benchmark-compare-fail)", red=True)
+    for name, failure in regressions:
+        terminalreporter.write_line(f"{name}: {failure}")
+    terminalreporter.write_line(
+        f"{len(regressions)} case(s) failed --benchmark-compare-fail. A single run's medians move from run to run: "
+        "`python -m harness.gate BASELINE.json HEAD.json` decides with the rounds, calibrated noise and re-runs "
+        "(README, 'Catching regressions')."
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -21,19 +22,60 @@ def synchronizer(device: str) -> Callable[[], None]:
     return lambda: None
 
 
+# A tool to validate the regression gate (harness.gate): NN_SPEEDUPS_INJECT_SLOWDOWN=SUBSTRING:FACTOR[,...] makes
+# every timed round of the tests whose node id contains SUBSTRING take FACTOR times as long as it measured, by
+# spinning on the CPU after the synchronized call (e.g. "channels-last:1.25" for 25% slower). Never set it otherwise.
+INJECT_SLOWDOWN_ENV = "NN_SPEEDUPS_INJECT_SLOWDOWN"
+
+
+def injected_slowdown(case_id: str | None = None) -> float:
+    """The factor NN_SPEEDUPS_INJECT_SLOWDOWN asks for `case_id` (default: the running pytest node id), else 1."""
+    spec = os.environ.get(INJECT_SLOWDOWN_ENV, "").strip()
+    if not spec:
+        return 1.0
+    if case_id is None:
+        case_id = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    factor = 1.0
+    for part in spec.split(","):
+        pattern, _, value = part.strip().rpartition(":")
+        try:
+            wanted = float(value)
+        except ValueError:
+            wanted = -1.0
+        if not pattern or not wanted >= 1.0:
+            raise ValueError(
+                f"{INJECT_SLOWDOWN_ENV}={spec!r}: give SUBSTRING:FACTOR[,SUBSTRING:FACTOR] with FACTOR >= 1, "
+                "e.g. channels-last:1.25"
+            )
+        if pattern in case_id:
+            factor = max(factor, wanted)
+    return factor
+
+
 class RoundTimer:
-    """Wraps `fn` so each call ends with `sync()` and its wall time (seconds) lands in `self.times`."""
+    """Wraps `fn` so each call ends with `sync()` and its wall time (seconds) lands in `self.times`.
+
+    Under NN_SPEEDUPS_INJECT_SLOWDOWN (see injected_slowdown) a matching test's rounds really take longer: after the
+    call the timer spins until (factor x the call's own time) has passed, so the slowdown scales with the round.
+    """
 
     def __init__(self, fn: Callable[[], object], sync: Callable[[], None]) -> None:
         self.fn = fn
         self.sync = sync
         self.times: list[float] = []
+        self.slowdown = injected_slowdown()
 
     def __call__(self) -> object:
         start = time.perf_counter()
         out = self.fn()
         self.sync()
-        self.times.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if self.slowdown > 1.0:
+            deadline = start + elapsed * self.slowdown
+            while time.perf_counter() < deadline:
+                pass
+            elapsed = time.perf_counter() - start
+        self.times.append(elapsed)
         return out
 
 
