@@ -27,8 +27,13 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests/
 
+# the smoke run, saved as the workflow saves main's baseline; a second run gated against it as a pull request is
+# (artifacts and engines are cached by then); the gate's verdicts are shown, not enforced: this proves the steps
 gpu-smoke: $(STAMP)
-	$(PY) -m pytest benches/ --profile smoke --benchmark-autosave --benchmark-storage=.benchmarks/smoke
+	$(PY) -m pytest benches/ --profile smoke --benchmark-autosave --benchmark-save-data --benchmark-storage=.benchmarks/smoke
+	$(PY) -m pytest benches/ --profile smoke --benchmark-save-data --benchmark-json reports/smoke-head.json
+	-$(PY) -m harness.gate .benchmarks/smoke reports/smoke-head.json --json reports/smoke-gate.json \
+		--markdown reports/smoke-gate.md
 
 RUNS ?= 10
 INJECT_RUNS ?= 4

@@ -61,4 +61,5 @@ def test_gpu_workflow_installs_tensorrt_keeps_caches_and_can_run_the_smoke_profi
     assert "TORCHINDUCTOR_CACHE_DIR" in text and ".cache/inductor artifacts" in text
     assert "make gpu-smoke EXTRAS=dev,trt" in text
     makefile = (ROOT / "Makefile").read_text()
-    assert "--profile smoke" in makefile.split("gpu-smoke:")[1].split("\n\n")[0]
+    smoke = makefile.split("\ngpu-smoke:")[1].split("\n\n")[0]
+    assert "--profile smoke" in smoke and "-m harness.gate .benchmarks/smoke" in smoke
