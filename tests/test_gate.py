@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import gate, gate_runs, timing
-from harness import gate_stats as gs
+from harness import gate, timing
+from harness.gate import runs as gate_runs
+from harness.gate import stats as gs
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gate"

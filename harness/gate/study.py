@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from harness import gate
-from harness.gate_runs import INJECT_ENV, GateError, Run, check_same_machine, load_run, run_pytest
+from harness.gate.runs import INJECT_ENV, GateError, Run, check_same_machine, load_run, run_pytest
 
 DEFAULT_PYTEST_ARGS = ["benches/test_inference.py"]
 

@@ -25,7 +25,7 @@ A case's threshold is MIN_EFFECT for its device kind and family (the smallest sl
 for), raised to SIGMAS x its between-run noise when a thresholds file from `--calibrate` knows it. One run's rounds
 cannot see between-run noise (a 2-core CPU moved unchanged cases by -30%..+64% from one run to the next while each
 run's rounds were tight), which is why the noise comes from repeated unchanged runs and why `--confirm` re-runs the
-suspects in fresh processes before failing (see harness.gate_stats for the formulas).
+suspects in fresh processes before failing (see harness.gate.stats for the formulas).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from harness import gate_stats as gs
-from harness.gate_runs import CaseRun, GateError, Run, check_same_machine, identity, load_run, rerun
+from harness.gate import stats as gs
+from harness.gate.runs import CaseRun, GateError, Run, check_same_machine, identity, load_run, rerun
 
 # The smallest slowdown worth failing a pull request for, per device kind and bench family ("*": the others), as a
 # fraction. A policy, not a noise estimate: calibration can raise a case's threshold above it, never lower it.
@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda message: print(message, file=sys.stderr, flush=True)
     try:
         if args.aa_study:
-            from harness import gate_study
+            from harness.gate import study as gate_study
 
             return gate_study.study(args, pytest_args, log)
         if args.calibrate:
@@ -708,7 +708,3 @@ def main(argv: list[str] | None = None) -> int:
     except GateError as error:
         print(f"harness.gate: error: {error}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

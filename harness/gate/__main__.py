@@ -1,0 +1,5 @@
+import sys
+
+from harness.gate import main
+
+sys.exit(main())
