@@ -4,11 +4,12 @@ the end-of-run report. Loaded from the top-level conftest.py."""
 from __future__ import annotations
 
 import datetime
+import functools
 from pathlib import Path
 
 import pytest
 
-from harness import capabilities, env, timing
+from harness import capabilities, energy, env, timing
 from harness.axes import PROFILES, default_profile
 from harness.bench import (
     BaselineCache,
@@ -23,6 +24,9 @@ from harness.bench import (
 SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
 VARIANT_NAMES = pytest.StashKey[set]()
+RUN_NAME = pytest.StashKey[str]()
+TRACER = pytest.StashKey[object]()  # a harness.trace.Tracer, or None without --trace
+MEASURING_FIXTURES = ("measure", "measure_training", "measure_fn")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +61,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--eval-samples", type=int, default=None, help="evaluation images (default: quick 128, full 1024)")
     group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
+    group.addoption(
+        "--traces",  # not --trace: pytest's own --trace breaks into pdb at every test
+        default=None,
+        metavar="all|SUBSTRING",
+        help="after each case's timed rounds, profile a few more steps (untimed) of the cases whose test id "
+        "contains SUBSTRING (or all): Chrome trace, TensorBoard run and flame chart under REPORT_DIR/<run>/, op "
+        "breakdown and kernel counts in extra_info",
+    )
+    group.addoption(
+        "--price-per-hour",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="what the machine costs per hour: adds usd_per_million_samples to every row",
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -151,6 +170,53 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = _settings(config)
     config.stash[RECORDS] = []
     config.stash[VARIANT_NAMES] = set()
+    # one name for the run's report and its traces: reports/<run>.md beside reports/<run>/traces/
+    settings = config.stash[SETTINGS]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    config.stash[RUN_NAME] = f"{stamp}-{settings.device}-{settings.profile.name}"
+    _refuse_pdb_trace_with_a_filter(config)
+    config.stash[TRACER] = _tracer(config)
+    price = config.getoption("--price-per-hour")
+    if price is not None and not price > 0:
+        raise pytest.UsageError(f"--price-per-hour {price}: give the machine's price in USD per hour, e.g. 2.5")
+
+
+def _refuse_pdb_trace_with_a_filter(config: pytest.Config) -> None:
+    """`--trace all` reaches pytest's own --trace (pdb at every test) and makes `all` a path: say what was meant."""
+    if not config.getoption("trace", False):
+        return
+    args = [str(a) for a in config.invocation_params.args]
+    after = args[args.index("--trace") + 1] if "--trace" in args[:-1] else None
+    if after and not after.startswith("-") and "::" not in after and not Path(after).exists():
+        raise pytest.UsageError(
+            f"--trace {after}: --trace is pytest's own (break into pdb at every test); "
+            f"to profile cases use --traces {after}"
+        )
+
+
+def _tracer(config: pytest.Config):
+    selection = config.getoption("--traces")
+    if selection is None:
+        return None
+    from harness.trace import Tracer, TraceSetupError
+
+    try:
+        return Tracer.create(config.getoption("--report-dir"), config.stash[RUN_NAME], selection)
+    except TraceSetupError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    tracer = session.config.stash.get(TRACER, None)
+    if tracer is None or tracer.selection == "all":
+        return
+    measured = [i for i in session.items if set(MEASURING_FIXTURES) & set(getattr(i, "fixturenames", ()))]
+    if not any(tracer.wants(i.nodeid) for i in measured):
+        example = measured[0].nodeid.rsplit("/", 1)[-1] if measured else "test_inference[resnet18-bs1-eager-fp32]"
+        raise pytest.UsageError(
+            f"--traces {tracer.selection!r} matches no collected benchmark case (ids look like {example}; "
+            "pytest --collect-only -q lists them); give a substring of one, or --traces all"
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -269,13 +335,15 @@ def baselines(settings: Settings) -> BaselineCache:
 def measure(request: pytest.FixtureRequest, benchmark, baselines: BaselineCache):
     """measure(case): check the case's variant against eager, time it with pytest-benchmark, record extra_info."""
 
-    return _measurer(request, benchmark, lambda case, drive: run_case(case, baselines, run=drive))
+    trace = _trace_hook(request)
+    return _measurer(request, benchmark, lambda case, drive: run_case(case, baselines, run=drive, trace=trace))
 
 
 @pytest.fixture
 def measure_training(request: pytest.FixtureRequest, benchmark, settings: Settings):
     """measure_training(case): check the training variant's losses against eager fp32, then time its steps."""
-    return _measurer(request, benchmark, lambda case, drive: run_training_case(case, settings, run=drive))
+    trace = _trace_hook(request)
+    return _measurer(request, benchmark, lambda case, drive: run_training_case(case, settings, run=drive, trace=trace))
 
 
 @pytest.fixture
@@ -289,17 +357,35 @@ def measure_fn(request: pytest.FixtureRequest, benchmark, settings: Settings):
         def drive(target, rounds):
             benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
 
-        summary = measure_rounds(fn, timing.synchronizer(device), settings.profile, drive)
-        record = {**record, **timing_fields(summary)}
+        meter = energy.meter(device)
+        sync = timing.synchronizer(device)
+        summary = measure_rounds(fn, sync, settings.profile, drive, meter)
+        record = {**record, **timing_fields(summary), **meter.fields(summary.rounds * record.get("batch_size", 1))}
         if derive is not None:
             record.update(derive(record))
+        trace = _trace_hook(request)
+        if trace is not None:
+            record.update(trace(fn, sync, device, record))
         _keep(request, benchmark, group, record)
         return record
 
     return run
 
 
+def _trace_hook(request: pytest.FixtureRequest):
+    """The tracer's trace() with this test's id bound, when --traces selects this test; else None."""
+    tracer = request.config.stash.get(TRACER, None)
+    if tracer is None or not tracer.wants(request.node.nodeid):
+        return None
+    return functools.partial(tracer.trace, request.node.nodeid)
+
+
 def _keep(request: pytest.FixtureRequest, benchmark, group: str, record: dict) -> None:
+    price = request.config.getoption("--price-per-hour")
+    if price is not None and record.get("median_ms") and record.get("batch_size"):
+        record["usd_per_million_samples"] = energy.usd_per_million_samples(
+            price, record["batch_size"], record["median_ms"]
+        )
     benchmark.extra_info.update(record)
     request.config.stash[RECORDS].append(
         {"name": request.node.name, "fullname": request.node.nodeid, "group": group, "extra_info": record}
@@ -329,6 +415,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
             "device": settings.device,
             "image_size": settings.image_size,
         }
+        if config.getoption("--traces") is not None:
+            machine_info["nn_speedups"]["traces"] = config.getoption("--traces")
+        if config.getoption("--price-per-hour") is not None:
+            machine_info["nn_speedups"]["price_per_hour_usd"] = config.getoption("--price-per-hour")
 
 
 @pytest.hookimpl(trylast=True)
@@ -338,9 +428,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     from harness import report
 
-    settings = config.stash[SETTINGS]
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_name = f"{stamp}-{settings.device}-{settings.profile.name}"
+    run_name = config.stash[RUN_NAME]
     run = {"machine_info": env.machine_info(), "benchmarks": records}
     paths = report.write_report(run, Path(config.getoption("--report-dir")) / run_name)
     terminalreporter.section("nn-speedups report")
