@@ -194,6 +194,12 @@ def _refuse_pdb_trace_with_a_filter(config: pytest.Config) -> None:
         )
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tracer = config.stash.get(TRACER, None)
+    if tracer is not None:
+        tracer.remove_if_empty()
+
+
 def _tracer(config: pytest.Config):
     selection = config.getoption("--traces")
     if selection is None:

@@ -353,3 +353,25 @@ def test_seed_001_kernel_table_comes_from_traced_activation_rows():
     ((title, table),) = trace_report.activation_kernels(rows)
     assert "seed 001" in title
     assert "| gelu-tanh | 1 | 300 | 40 | 1 | 9 |" in table and "| relu | 1 | - | 50 | 1 | 9 |" in table
+
+
+def test_graph_counts_are_per_variant_not_per_process():
+    """Dynamo's counters survive torch._dynamo.reset(): each compiled Runner reports what it compiled itself."""
+    from optimizations import compile as compile_
+    from optimizations.base import NotEngagedError
+
+    class Breaks(torch.nn.Module):
+        def forward(self, x):
+            y = x.relu()
+            torch._dynamo.graph_break()
+            return y + 1
+
+    broken = compile_.apply(Breaks(), (torch.randn(4),), compile_.CompileConfig())
+    broken(torch.randn(4))
+    with pytest.raises(NotEngagedError):
+        broken.verify()
+    for _ in range(2):  # after a variant with a break and two graphs, a clean one still has 1 graph and no break
+        runner = compile_.apply(torch.nn.Linear(4, 4), (torch.randn(2, 4),), compile_.CompileConfig())
+        runner(torch.randn(2, 4))
+        runner.verify()
+        assert runner.info["graphs"] == 1 and runner.info["graph_breaks"] == 0

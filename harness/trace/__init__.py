@@ -75,7 +75,7 @@ class Tracer:
         """Make reports/<run>/traces and reports/<run>/tb, and prove they are writable, before anything runs."""
         if not selection.strip():
             raise TraceSetupError("--traces needs 'all' or a substring of a case id, e.g. --traces resnet18-bs1")
-        tracer = cls(Path(report_dir) / run_name, selection.strip())
+        tracer = cls(Path(report_dir).resolve() / run_name, selection.strip())
         try:
             for folder in (tracer.traces_dir, tracer.tb_dir):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -95,6 +95,14 @@ class Tracer:
     @property
     def tb_dir(self) -> Path:
         return self.root / "tb"
+
+    def remove_if_empty(self) -> None:
+        """Take back the folders made up front when nothing was traced (e.g. --collect-only)."""
+        for folder in (self.traces_dir, self.tb_dir, self.root):
+            try:
+                folder.rmdir()  # only ever removes an empty folder
+            except OSError:
+                pass
 
     def wants(self, nodeid: str) -> bool:
         return self.selection == "all" or self.selection in nodeid
@@ -151,7 +159,7 @@ class Tracer:
             }
         if tt.generated_modules or record.get("info_graphs") is not None:
             fields.update(
-                graph_count=record.get("info_graphs"),
+                graph_count=tt.graphs,
                 graph_calls_per_step=tt.graph_calls / max(1, tt.steps),
                 generated_kernels=tt.generated_kernels,
             )

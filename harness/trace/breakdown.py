@@ -13,6 +13,8 @@ from collections.abc import Iterable
 
 CATEGORIES = ("matmul", "elementwise", "memcpy", "fused", "other")
 TOP_OPS = 10
+OPS_KEPT = 60  # op_ms_per_step keeps this many ops by time and sums the rest under OTHER_OPS
+OTHER_OPS = "(other ops)"
 
 # Inductor's Triton kernels say what they are in their prefix: pointwise, reduction/persistent reduction, template.
 _TRITON = {"triton_poi": "elementwise", "triton_red": "other", "triton_per": "other", "triton_tem": "matmul"}
@@ -60,9 +62,9 @@ def category(name: str) -> str:
 
 
 def op_breakdown(op_times: Iterable[tuple[str, float]], steps: int, step_ms: float | None, top: int = TOP_OPS) -> dict:
-    """Fields of an op breakdown: `top_ops` (by time), `op_ms_per_step` (every op), `<category>_share` (shares of
-    the op time: they sum to 1), `op_ms_per_step_total`, and `op_share_of_step` (op time over the step's wall time:
-    what the breakdown accounts for)."""
+    """Fields of an op breakdown: `top_ops` (by time), `op_ms_per_step` (by op: the OPS_KEPT longest, the rest
+    summed), `<category>_share` (shares of the op time: they sum to 1), `op_ms_per_step_total`, and
+    `op_share_of_step` (op time over the step's wall time: what the breakdown accounts for)."""
     per_op: dict[str, float] = defaultdict(float)
     calls: Counter = Counter()
     for name, us in op_times:
@@ -86,11 +88,18 @@ def op_breakdown(op_times: Iterable[tuple[str, float]], steps: int, step_ms: flo
             }
             for name, us in ranked[:top]
         ],
-        "op_ms_per_step": {name: round(us / 1e3 / steps, 6) for name, us in ranked},
+        "op_ms_per_step": _kept(ranked, steps),
         **{f"{c}_share": (shares[c] / total_us if total_us else None) for c in CATEGORIES},
         "op_ms_per_step_total": total_ms,
         "op_share_of_step": total_ms / step_ms if step_ms else None,
     }
+
+
+def _kept(ranked: list[tuple[str, float]], steps: int) -> dict[str, float]:
+    kept = {name: round(us / 1e3 / steps, 6) for name, us in ranked[:OPS_KEPT]}
+    if len(ranked) > OPS_KEPT:
+        kept[OTHER_OPS] = round(sum(us for _, us in ranked[OPS_KEPT:]) / 1e3 / steps, 6)
+    return kept
 
 
 # dtype names in torch.profiler's recorded shapes and in ONNX Runtime's profile -> bytes per element

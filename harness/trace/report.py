@@ -40,6 +40,13 @@ def case_label(r: dict) -> str:
     return f"{r.get('family', '')}: {r['model']}{act} bs{r['batch_size']} {variant}"
 
 
+def _name(op: str) -> str:
+    """An operator or kernel name short enough for a table cell (C++ kernel names carry whole template lists)."""
+    from harness.trace.flame import short
+
+    return op if len(op) <= 48 else short(op)
+
+
 def _link(path: str | None, text: str, link_base: Path | None) -> str:
     if not path or link_base is None:
         return "-"
@@ -60,7 +67,7 @@ def where_the_time_goes(rows: list[dict], link_base: Path | None = None) -> list
             body.append([case_label(r), _fmt(r.get("median_ms")), "trace failed: " + str(r.get("trace_error"))]
                         + ["-"] * (len(header) - 3))  # fmt: skip
             continue
-        top = ", ".join(f"{o['op']} ({o['share']:.0%})" for o in r["top_ops"][:3])
+        top = ", ".join(f"{_name(o['op'])} ({o['share']:.0%})" for o in r["top_ops"][:3])
         cells = [
             case_label(r),
             _fmt(r.get("median_ms")),
@@ -205,7 +212,7 @@ def grown_operators(run_rows: list[dict], base_rows: list[dict], top: int = GROW
             key=lambda t: t[1] - t[2],
         )[:top]
         body = [
-            [n.replace("|", "/"), _fmt(old, 3), _fmt(new, 3), f"{new - old:+.3f}"]
+            [_name(n).replace("|", "/"), _fmt(old, 3), _fmt(new, 3), f"{new - old:+.3f}"]
             for n, old, new in growth
             if new > old
         ]

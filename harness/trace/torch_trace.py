@@ -11,7 +11,8 @@ What is counted, from the events of the profiled steps (those inside a `Profiler
   Python wrapper, so they are visible only through the profiler's Python tracer (`with_stack=True`), as
   `<built-in function kernel>` events under the wrapper's `call`; their names come from the wrapper's source, in call
   order. The op breakdown is CPU self time of operators and of those kernel calls.
-- Compiled variants: `graph_calls_per_step` (Inductor graphs entered per step, `## Call CompiledFxGraph` ranges) and
+- Compiled variants: `graph_count` (distinct Inductor graphs that ran, by the keys of their `## Call CompiledFxGraph`
+  ranges; a training step's forward and backward graphs count apart), `graph_calls_per_step` and
   `generated_kernels`, the kernels defined in the generated wrapper modules the trace shows running (distinct
   definitions: Inductor reuses one kernel for identical code, so calls per step can exceed it).
 """
@@ -117,7 +118,7 @@ def inductor_module(path: str, line: int) -> InductorModule | None:
 
 
 def _wrapper_module(e) -> InductorModule | None:
-    match = _WRAPPER_CALL.match(e.name) if e.activity_type == "python_function" else None
+    match = _WRAPPER_CALL.match(e.name) if _activity(e) == "python_function" else None
     return inductor_module(match.group("path"), int(match.group("line"))) if match else None
 
 
@@ -131,18 +132,31 @@ class TorchTrace:
     kernels: int  # over all steps
     kernels_counted: str
     kernel_calls: Counter = field(default_factory=Counter)  # name -> calls over all steps
-    graph_calls: int = 0
+    graph_calls: int = 0  # Inductor graphs entered, over all steps
+    graphs: int = 0  # distinct Inductor graphs that ran (a training step's forward and backward count apart)
     generated_kernels: int | None = None
     generated_modules: list[str] = field(default_factory=list)
     operand_bytes: float | None = None  # per step
     operand_bytes_note: str | None = None
 
 
+def _activity(e) -> str:
+    """The event's kind as the Chrome trace names it (cpu_op, user_annotation, python_function, kernel, ...)."""
+    kind = getattr(e, "activity_type", None)  # torch.profiler's own field in recent releases
+    if kind:
+        return str(kind)
+    if getattr(e, "is_user_annotation", False):
+        return "user_annotation"
+    if getattr(e, "is_python_function", False):
+        return "python_function"
+    return "cpu_op" if str(e.device_type).endswith("CPU") else "kernel"
+
+
 def _windows(events) -> list[tuple[float, float]]:
     return sorted(
         (e.time_range.start, e.time_range.end)
         for e in events
-        if e.activity_type == "user_annotation" and e.name.startswith("ProfilerStep")
+        if _activity(e) == "user_annotation" and e.name.startswith("ProfilerStep")
     )
 
 
@@ -151,7 +165,7 @@ def _inside(windows: list[tuple[float, float]], t: float) -> bool:
 
 
 def _is_op(e) -> bool:
-    return e.activity_type == "cpu_op" and bool(_OP_NAME.match(e.name)) and not e.name.startswith("autograd::")
+    return _activity(e) == "cpu_op" and bool(_OP_NAME.match(e.name)) and not e.name.startswith("autograd::")
 
 
 def _computes(e, memo: dict) -> bool:
@@ -197,19 +211,20 @@ def analyze(events, cuda: bool) -> TorchTrace:
     inside = [e for e in events if _inside(windows, e.time_range.start)]
     steps = len(windows)
     step_ms = sum(end - start for start, end in windows) / steps / 1e3 if steps else None
-    counts = Counter(e.activity_type for e in inside)
+    counts = Counter(_activity(e) for e in inside)
     cpp_names = _cpp_kernel_names(inside)
     found = {module.path: module for e in inside if (module := _wrapper_module(e)) is not None}
     modules = sorted(found)
     generated = sum(len(m.kernels) for m in found.values()) if found else None
-    graph_calls = sum(1 for e in inside if e.name.startswith(GRAPH_CALL))
+    graph_events = [e for e in inside if e.name.startswith(GRAPH_CALL)]
+    graphs = len({e.trace_name or e.name for e in graph_events})
     memo: dict = {}
     dispatched = [e for e in inside if _dispatched(e, memo)]
     cpp_calls = [e for e in inside if id(e) in cpp_names]
     if cuda:
-        device = [e for e in inside if e.activity_type in DEVICE_ACTIVITIES]
+        device = [e for e in inside if _activity(e) in DEVICE_ACTIVITIES]
         op_times = [(e.name, e.time_range.elapsed_us()) for e in device]
-        kernel_events = [e for e in device if e.activity_type == "kernel"]
+        kernel_events = [e for e in device if _activity(e) == "kernel"]
         kernel_calls = Counter(e.name for e in kernel_events)
         source, counted = "torch.profiler: CUDA device time (kernels, copies, memsets)", "CUDA kernel events"
     else:
@@ -236,7 +251,8 @@ def analyze(events, cuda: bool) -> TorchTrace:
         kernels=sum(kernel_calls.values()),
         kernels_counted=counted,
         kernel_calls=kernel_calls,
-        graph_calls=graph_calls,
+        graph_calls=len(graph_events),
+        graphs=graphs,
         generated_kernels=generated,
         generated_modules=modules,
         operand_bytes=operand_bytes,
