@@ -25,7 +25,7 @@ SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
 VARIANT_NAMES = pytest.StashKey[set]()
 RUN_NAME = pytest.StashKey[str]()
-TRACER = pytest.StashKey[object]()  # a harness.trace.Tracer, or None without --trace
+TRACER = pytest.StashKey[object]()  # a harness.trace.Tracer, or None without --traces
 MEASURING_FIXTURES = ("measure", "measure_training", "measure_fn")
 
 

@@ -151,7 +151,7 @@ def test_report_links_the_traces(traced_run):
 
 
 def test_trace_cli_summarizes_and_draws(traced_run, tmp_path):
-    _, _, rows, _ = traced_run
+    _, _, rows, where = traced_run
     trace = rows["compile"]["trace_file"]
     out = subprocess.run([sys.executable, "-m", "harness.trace", "summarize", trace, "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -161,6 +161,9 @@ def test_trace_cli_summarizes_and_draws(traced_run, tmp_path):
     assert (
         summary["inductor_cpp_kernel_calls_per_step"] == said_cpp and summary["steps"] == rows["compile"]["trace_steps"]
     )
+    shown = subprocess.run([sys.executable, "-m", "harness.trace", "show", str(where / "run.json")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0 and "Where the time goes" in shown.stdout and "resnet18 bs1 compile" in shown.stdout
     png = tmp_path / "step.png"
     drawn = subprocess.run([sys.executable, "-m", "harness.trace", "flame", trace, "--out", str(png)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip

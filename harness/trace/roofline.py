@@ -17,7 +17,7 @@ import functools
 
 from harness import timing
 
-MATMUL_N = {"cpu": 2048, "cuda": 8192}
+MATMUL_N = {"cpu": 1024, "cuda": 8192}
 PEAK_ROUNDS = 5
 MIN_COPY_BYTES = 64 * 1024 * 1024
 
