@@ -20,12 +20,12 @@ COLOURS = {
 MAX_ROWS = 40
 
 
-def short(name: str) -> str:
-    """A readable box label: no C++ return type or template arguments, no namespaces, at most 28 characters."""
+def short(name: str, limit: int = 28) -> str:
+    """A readable label: no C++ return type or template arguments, no namespaces, at most `limit` characters."""
     name = re.sub(r"^void ", "", name)
     name = re.split(r"[<(]", name, maxsplit=1)[0] or name
     name = name.rsplit("::", 1)[-1]
-    return name if len(name) <= 28 else name[:27] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _label(e: dict) -> str:

@@ -44,7 +44,7 @@ def _name(op: str) -> str:
     """An operator or kernel name short enough for a table cell (C++ kernel names carry whole template lists)."""
     from harness.trace.flame import short
 
-    return op if len(op) <= 48 else short(op)
+    return op if len(op) <= 80 else short(op, 80)
 
 
 def _link(path: str | None, text: str, link_base: Path | None) -> str:
