@@ -188,7 +188,7 @@ class Tracer:
         try:
             flame.draw(flame_source, png, title=name.rsplit("/", 1)[-1])
             fields["trace_flame_png"] = str(png)
-        except (OSError, ValueError) as error:
+        except Exception as error:  # noqa: BLE001 - a chart that cannot be drawn leaves the breakdown standing
             fields["trace_flame_error"] = _one_line(error)
         fields.update(roofline_fields(record, bytes_per_step, bytes_note, device))
         return fields
