@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness import metrics, timing
+from harness import energy, metrics, timing
 from harness.axes import Profile
 from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training
 from harness.variant import Variant, VariantContext
@@ -100,11 +100,16 @@ def timing_fields(summary: timing.Summary) -> dict:
 
 
 def measure_rounds(
-    fn: Callable[[], object], sync: Callable[[], None], profile: Profile, run: Callable | None = None
+    fn: Callable[[], object],
+    sync: Callable[[], None],
+    profile: Profile,
+    run: Callable | None = None,
+    meter=None,
 ) -> timing.Summary:
     """Warm up, choose the number of rounds from the budget, then time them (through `run` when given).
 
     `run(target, rounds)` lets pytest-benchmark drive the same rounds; without it they are timed here.
+    `meter` (a harness.energy meter) is entered around the timed rounds only, not the warm-up.
     """
     timer = timing.RoundTimer(fn, sync)
     for _ in range(profile.warmup_rounds):
@@ -112,11 +117,12 @@ def measure_rounds(
     one_call = min(timer.times) if timer.times else 0.0
     timer.times.clear()
     rounds = timing.choose_rounds(one_call, profile.timing_budget_s, profile.min_rounds, profile.max_rounds)
-    if run is None:
-        for _ in range(rounds):
-            timer()
-    else:
-        run(timer, rounds)
+    with meter if meter is not None else contextlib.nullcontext():
+        if run is None:
+            for _ in range(rounds):
+                timer()
+        else:
+            run(timer, rounds)
     return timing.summarize(timer.times)
 
 
@@ -199,9 +205,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) -> dict:
-    """Apply `case.variant`, check it against eager, time it; return the extra_info record."""
+def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, trace: Callable | None = None) -> dict:
+    """Apply `case.variant`, check it against eager, time it; return the extra_info record.
+
+    `trace` (harness.trace.Tracer.trace with the case's name bound) runs after everything else, untimed, on the
+    same runner."""
     settings = baselines.settings
+    meter = energy.meter(case.device)
     base = baselines.get(case)
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
@@ -224,7 +234,7 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
             runner.verify()
             check = CHECKS[variant.check](out, base.reference, dtype, label=case.id)
             del out
-            summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
+            summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run, meter)
     except torch.OutOfMemoryError as error:
         raise out_of_memory(case, error) from None
     if variant.name == "eager":
@@ -258,7 +268,11 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         **check.as_extra_info(),
         **accuracy,
         **{f"info_{k}": v for k, v in runner.info.items()},
+        **meter.fields(summary.rounds * case.batch_size),
     }
+    if trace is not None:
+        with torch.inference_mode():
+            record.update(trace(lambda: runner(*inputs), sync, case.device, record, runner, inputs))
     return record
 
 
@@ -404,10 +418,14 @@ def training_baseline(case: Case, settings: Settings) -> TrainingBaseline:
     return _TRAINING[key]
 
 
-def run_training_case(case: Case, settings: Settings, run: Callable | None = None) -> dict:
-    """Check a training variant (loss goes down, ends near eager fp32's), then time its steps."""
+def run_training_case(
+    case: Case, settings: Settings, run: Callable | None = None, trace: Callable | None = None
+) -> dict:
+    """Check a training variant (loss goes down, ends near eager fp32's), then time its steps (and trace a few more,
+    untimed, when `trace` is given)."""
     from optimizations.training import saved_activation_bytes
 
+    meter = energy.meter(case.device)
     if not case.spec.num_classes:
         raise ValueError(f"{case.spec.name} is not a classifier: the training benches train image classifiers")
     base = training_baseline(case, settings)
@@ -426,7 +444,7 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
             runner.verify()
             losses += [runner(*inputs).item() for _ in range(TRAINING_CHECK_STEPS - 1)]
             check = check_training(losses, base.losses, variant.check, label=case.id)
-            summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
+            summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run, meter)
     except torch.OutOfMemoryError as error:
         raise out_of_memory(case, error) from None
     if variant.name == "vanilla":
@@ -447,7 +465,7 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
         overlapped = data["data_workers"] > 0  # workers load while the device computes
         with_data = max(epoch_s, data_epoch_s) if overlapped else epoch_s + data_epoch_s
         data = {**data, "data_epoch_s_projected": data_epoch_s, "epoch_s_projected_with_data": with_data}
-    return {
+    record = {
         **case_fields(case, settings.profile.name),
         "image_size": size,
         **timing_fields(summary),
@@ -465,4 +483,8 @@ def run_training_case(case: Case, settings: Settings, run: Callable | None = Non
         "threads": torch.get_num_threads(),
         **check,
         **{f"info_{k}": v for k, v in runner.info.items()},
+        **meter.fields(summary.rounds * case.batch_size),
     }
+    if trace is not None:
+        record.update(trace(lambda: runner(*inputs), sync, case.device, record, runner, inputs))
+    return record

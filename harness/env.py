@@ -6,6 +6,7 @@ import functools
 import importlib.metadata
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -42,6 +43,44 @@ def cpu_info() -> dict:
     }
 
 
+def _cache_size(text: str) -> int | None:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
+    text = text.strip()
+    if not text:
+        return None
+    if text[-1].upper() in units:
+        return int(text[:-1]) * units[text[-1].upper()]
+    return int(text)
+
+
+def cpu_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> list[dict]:
+    """cpu0's caches from sysfs: level, type, size in bytes and the CPUs that share it."""
+    caches = []
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            values = {n: (index / n).read_text().strip() for n in ("level", "type", "size", "shared_cpu_list")}
+            caches.append(
+                {
+                    "level": int(values["level"]),
+                    "type": values["type"],
+                    "size_bytes": _cache_size(values["size"]),
+                    "shared_cpu_list": values["shared_cpu_list"],
+                }
+            )
+        except (OSError, ValueError):
+            continue
+    return caches
+
+
+def last_level_cache_bytes(device: str = "cpu") -> int | None:
+    """The last-level cache a working set must exceed before a kernel's bytes/s speak of memory bandwidth: the
+    GPU's L2 on CUDA, else the CPU's highest-level data or unified cache (shared by the CPUs it lists)."""
+    if torch.device(device).type == "cuda":
+        return getattr(torch.cuda.get_device_properties(torch.device(device).index or 0), "L2_cache_size", None)
+    caches = [c for c in cpu_caches() if c["type"] in ("Unified", "Data") and c["size_bytes"]]
+    return max(caches, key=lambda c: c["level"])["size_bytes"] if caches else None
+
+
 def gpu_info() -> dict:
     if not has_cuda():
         return {"gpu_name": None}
@@ -51,6 +90,7 @@ def gpu_info() -> dict:
         "gpu_compute_capability": f"{props.major}.{props.minor}",
         "gpu_memory_mb": props.total_memory // (1024 * 1024),
         "gpu_multiprocessors": props.multi_processor_count,
+        "gpu_l2_bytes": getattr(props, "L2_cache_size", None),
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
     }
@@ -70,9 +110,14 @@ def gpu_info() -> dict:
 
 @functools.cache
 def machine_info() -> dict:
+    from harness import energy
+
     return {
         **cpu_info(),
+        "cpu_caches": cpu_caches(),
+        "cpu_llc_bytes": last_level_cache_bytes("cpu"),
         **gpu_info(),
+        "energy": energy.describe(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "versions": {p: _version(p) for p in PACKAGES},

@@ -4,12 +4,13 @@ the end-of-run report. Loaded from the top-level conftest.py."""
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import capabilities, env, timing
+from harness import capabilities, energy, env, timing
 from harness.axes import PROFILES, default_profile
 from harness.bench import (
     BaselineCache,
@@ -30,6 +31,8 @@ DURATIONS_CACHE = "nn-speedups/durations"
 BENCH_FIXTURES = ("measure", "measure_training", "measure_fn", "measure_distributed")
 OUTCOMES = pytest.StashKey[dict]()  # {"failed": {node id: message}, "skipped": {node id: reason}}, for harness.gate
 STOCK_REGRESSIONS = pytest.StashKey[list]()  # what --benchmark-compare-fail found, printed as a summary
+RUN_NAME = pytest.StashKey[str]()
+TRACER = pytest.StashKey[object]()  # a harness.trace.Tracer, or None without --traces
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,6 +102,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--dist-timeout", type=float, default=600.0, help="distributed bench: seconds one torchrun job may take"
+    )
+    group.addoption(
+        "--traces",  # not --trace: pytest's own --trace breaks into pdb at every test
+        default=None,
+        metavar="all|SUBSTRING",
+        help="after each case's timed rounds, profile a few more steps (untimed) of the cases whose test id "
+        "contains SUBSTRING (or all): Chrome trace, TensorBoard run and flame chart under REPORT_DIR/<run>/, op "
+        "breakdown and kernel counts in extra_info",
+    )
+    group.addoption(
+        "--price-per-hour",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="what the machine costs per hour: adds usd_per_million_samples to every row",
     )
 
 
@@ -243,6 +261,60 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[VARIANT_NAMES] = set()
     config.stash[OUTCOMES] = {"failed": {}, "skipped": {}}
     config.stash[STOCK_REGRESSIONS] = []
+    # one name for the run's report and its traces: reports/<run>.md beside reports/<run>/traces/
+    settings = config.stash[SETTINGS]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    config.stash[RUN_NAME] = f"{stamp}-{settings.device}-{settings.profile.name}"
+    _refuse_pdb_trace_with_a_filter(config)
+    config.stash[TRACER] = _tracer(config)
+    price = config.getoption("--price-per-hour")
+    if price is not None and not price > 0:
+        raise pytest.UsageError(f"--price-per-hour {price}: give the machine's price in USD per hour, e.g. 2.5")
+
+
+def _refuse_pdb_trace_with_a_filter(config: pytest.Config) -> None:
+    """`--trace all` reaches pytest's own --trace (pdb at every test) and makes `all` a path: say what was meant."""
+    if not config.getoption("trace", False):
+        return
+    args = [str(a) for a in config.invocation_params.args]
+    after = args[args.index("--trace") + 1] if "--trace" in args[:-1] else None
+    if after and not after.startswith("-") and "::" not in after and not Path(after).exists():
+        raise pytest.UsageError(
+            f"--trace {after}: --trace is pytest's own (break into pdb at every test); "
+            f"to profile cases use --traces {after}"
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tracer = config.stash.get(TRACER, None)
+    if tracer is not None:
+        tracer.remove_if_empty()
+
+
+def _tracer(config: pytest.Config):
+    selection = config.getoption("--traces")
+    if selection is None:
+        return None
+    from harness.trace import Tracer, TraceSetupError
+
+    try:
+        return Tracer.create(config.getoption("--report-dir"), config.stash[RUN_NAME], selection)
+    except TraceSetupError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def _check_trace_filter(session: pytest.Session) -> None:
+    """A --traces filter that matches no collected case is a usage error, before anything runs."""
+    tracer = session.config.stash.get(TRACER, None)
+    if tracer is None or tracer.selection == "all":
+        return
+    measured = [i for i in session.items if set(BENCH_FIXTURES) & set(getattr(i, "fixturenames", ()))]
+    if not any(tracer.wants(i.nodeid) for i in measured):
+        example = measured[0].nodeid.rsplit("/", 1)[-1] if measured else "test_inference[resnet18-bs1-eager-fp32]"
+        raise pytest.UsageError(
+            f"--traces {tracer.selection!r} matches no collected benchmark case (ids look like {example}; "
+            "pytest --collect-only -q lists them); give a substring of one, or --traces all"
+        )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -423,7 +495,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Plan the per-family progress lines: which bench cases will run, and how long they took last time."""
+    """Check the --traces filter, and plan the per-family progress lines: which bench cases will run, and how long
+    they took last time."""
+    _check_trace_filter(session)
     cases = {
         item.nodeid: (family_of(item.module.__name__), item.get_closest_marker("skip") is None)
         for item in session.items
@@ -485,13 +559,15 @@ def baselines(settings: Settings) -> BaselineCache:
 def measure(request: pytest.FixtureRequest, benchmark, baselines: BaselineCache):
     """measure(case): check the case's variant against eager, time it with pytest-benchmark, record extra_info."""
 
-    return _measurer(request, benchmark, lambda case, drive: run_case(case, baselines, run=drive))
+    trace = _trace_hook(request)
+    return _measurer(request, benchmark, lambda case, drive: run_case(case, baselines, run=drive, trace=trace))
 
 
 @pytest.fixture
 def measure_training(request: pytest.FixtureRequest, benchmark, settings: Settings):
     """measure_training(case): check the training variant's losses against eager fp32, then time its steps."""
-    return _measurer(request, benchmark, lambda case, drive: run_training_case(case, settings, run=drive))
+    trace = _trace_hook(request)
+    return _measurer(request, benchmark, lambda case, drive: run_training_case(case, settings, run=drive, trace=trace))
 
 
 @pytest.fixture
@@ -505,10 +581,15 @@ def measure_fn(request: pytest.FixtureRequest, benchmark, settings: Settings):
         def drive(target, rounds):
             benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
 
-        summary = measure_rounds(fn, timing.synchronizer(device), settings.profile, drive)
-        record = {**record, **timing_fields(summary)}
+        meter = energy.meter(device)
+        sync = timing.synchronizer(device)
+        summary = measure_rounds(fn, sync, settings.profile, drive, meter)
+        record = {**record, **timing_fields(summary), **meter.fields(summary.rounds * record.get("batch_size", 1))}
         if derive is not None:
             record.update(derive(record))
+        trace = _trace_hook(request)
+        if trace is not None:
+            record.update(trace(fn, sync, device, record))
         _keep(request, benchmark, group, record)
         return record
 
@@ -554,7 +635,20 @@ def _record_rounds(benchmark, rounds_s: list[float]) -> None:
         stats.update(seconds)
 
 
+def _trace_hook(request: pytest.FixtureRequest):
+    """The tracer's trace() with this test's id bound, when --traces selects this test; else None."""
+    tracer = request.config.stash.get(TRACER, None)
+    if tracer is None or not tracer.wants(request.node.nodeid):
+        return None
+    return functools.partial(tracer.trace, request.node.nodeid)
+
+
 def _keep(request: pytest.FixtureRequest, benchmark, group: str, record: dict) -> None:
+    price = request.config.getoption("--price-per-hour")
+    if price is not None and record.get("median_ms") and record.get("batch_size"):
+        record["usd_per_million_samples"] = energy.usd_per_million_samples(
+            price, record["batch_size"], record["median_ms"]
+        )
     benchmark.extra_info.update(record)
     request.config.stash[RECORDS].append(
         {"name": request.node.name, "fullname": request.node.nodeid, "group": group, "extra_info": record}
@@ -584,6 +678,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
             "device": settings.device,
             "image_size": settings.image_size,
         }
+        if config.getoption("--traces") is not None:
+            machine_info["nn_speedups"]["traces"] = config.getoption("--traces")
+        if config.getoption("--price-per-hour") is not None:
+            machine_info["nn_speedups"]["price_per_hour_usd"] = config.getoption("--price-per-hour")
 
 
 @pytest.hookimpl(trylast=True)
@@ -600,9 +698,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def _write_report(terminalreporter, config: pytest.Config, records: list) -> None:
     from harness import report
 
-    settings = config.stash[SETTINGS]
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_name = f"{stamp}-{settings.device}-{settings.profile.name}"
+    run_name = config.stash[RUN_NAME]
     run = {"machine_info": env.machine_info(), "benchmarks": records}
     paths = report.write_report(run, Path(config.getoption("--report-dir")) / run_name)
     terminalreporter.section("nn-speedups report")

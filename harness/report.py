@@ -394,45 +394,78 @@ def _machine_line(run: dict) -> str:
     return "; ".join(parts)
 
 
+REGIME_TITLES = {
+    "memory": "memory-bound sizes (working set above the {llc} last-level cache)",
+    "cache": "cache-resident sizes (working set within the {llc} last-level cache: GB/s here is cache bandwidth, "
+    "not memory bandwidth)",
+    None: "sizes whose regime this run did not record",
+}
+
+
 def kernel_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
-    """Kernel-level rows (fastswish): per mode and dtype, implementations x sizes, median time and achieved
-    bandwidth as a percentage of the measured copy bandwidth."""
+    """Kernel-level rows (fastswish): per mode, dtype and regime (memory-bound sizes apart from cache-resident
+    ones), implementations x sizes: median time, achieved bandwidth, and its percentage of a copy timed at the same
+    size."""
     kernels = [r for r in table_rows if "achieved_gbps" in r]
     tables = []
     for mode, dtype in sorted({(r["mode"], r["dtype"]) for r in kernels}):
         picked = [r for r in kernels if (r["mode"], r["dtype"]) == (mode, dtype)]
-        sizes = sorted({r["elements"] for r in picked})
-        header = ["implementation", "backend"] + [f"n={n:,}: ms / GB/s / % copy" for n in sizes]
-        cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
-        for r in picked:
-            cells[(r["variant"], r.get("backend", ""))][r["elements"]] = r
-        body = []
-        for (variant, backend), per in cells.items():
-            row = [variant, backend]
-            for n in sizes:
-                r = per.get(n)
-                row.append(
-                    f"{_fmt(r['median_ms'], 3)} / {_fmt(r['achieved_gbps'], 1)} / {_fmt(r['pct_of_copy_bw'], 0)}%"
-                    if r
-                    else "-"
+        llc_bytes = next((r["llc_bytes"] for r in picked if r.get("llc_bytes")), None)
+        llc = f"{llc_bytes / 2**20:g} MB" if llc_bytes else "(unknown)"
+        regimes = [g for g in ("memory", "cache", None) if any(r.get("regime") == g for r in picked)]
+        for regime in regimes:
+            mine = [r for r in picked if r.get("regime") == regime]
+            sizes = sorted({r["elements"] for r in mine})
+            header = ["implementation", "backend"] + [f"n={n:,}: ms / GB/s / % copy" for n in sizes]
+            cells: dict[tuple, dict[int, dict]] = defaultdict(dict)
+            for r in mine:
+                cells[(r["variant"], r.get("backend", ""))][r["elements"]] = r
+            body = [["copy (reference)", "torch"] + [_copy_cell(mine, n) for n in sizes]]
+            for (variant, backend), per in cells.items():
+                row = [variant, backend]
+                for n in sizes:
+                    r = per.get(n)
+                    row.append(
+                        f"{_fmt(r['median_ms'], 3)} / {_fmt(r['achieved_gbps'], 1)} / {_fmt(r['pct_of_copy_bw'], 0)}%"
+                        if r
+                        else "-"
+                    )
+                body.append(row)
+            title = f"fastswish kernels: {mode}, {dtype} ({picked[0]['device']}), " + REGIME_TITLES[regime].format(
+                llc=llc
+            )
+            table = _markdown_table(header, body)
+            if regime == "cache" and "memory" not in regimes:
+                table += (
+                    f"\nNo size in this run exceeds the {llc} last-level cache, so none measures memory bandwidth "
+                    "(`--profile full` runs larger sizes).\n"
                 )
-            body.append(row)
-        copy = picked[0].get("copy_gbps")
-        title = f"fastswish kernels: {mode}, {dtype} ({picked[0]['device']}; copy bandwidth {_fmt(copy, 1)} GB/s)"
-        tables.append((title, _markdown_table(header, body)))
+            tables.append((title, table))
     return tables
 
 
-def render_tables(run: dict, baseline: dict | None = None) -> str:
+def _copy_cell(rows: list[dict], n: int) -> str:
+    """The copy reference at size n: GB/s of a device copy of n elements timed in the same session."""
+    copy = next((r.get("copy_gbps") for r in rows if r["elements"] == n and r.get("copy_gbps")), None)
+    return f"- / {_fmt(copy, 1)} / 100%" if copy else "-"
+
+
+def render_tables(run: dict, baseline: dict | None = None, link_base: Path | None = None) -> str:
+    """The report's tables; `link_base`: the folder of the markdown file, to which trace links are made relative
+    (None: no link columns, as on the terminal)."""
+    from harness.trace import report as trace_report
+
     run_rows = rows(run)
     text = [f"Machine: {_machine_line(run)}\n"]
     sections = model_tables(run_rows) + activation_table(run_rows) + deployment_table(run_rows)
     sections += kernel_tables(run_rows) + training_tables(run_rows) + distributed_tables(run_rows)
+    sections += trace_report.sections(run_rows, link_base)
     for title, table in sections + operator_charts(run_rows):
         text.append(f"\n### {title}\n\n{table}")
     if baseline is not None:
         text.append(f"\n### Compared with the baseline run\n\nBaseline machine: {_machine_line(baseline)}\n\n")
         text.append(comparison_table(run_rows, rows(baseline)))
+        text.append(trace_report.grown_operators(run_rows, rows(baseline)))
     return "".join(text)
 
 
@@ -545,7 +578,7 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     header = f"# nn-speedups report: {base.name}\n\n"
     if command:
         header += f"Command: `{command}`\n\n"
-    body = render_tables(run, baseline)
+    body = render_tables(run, baseline, link_base=md.parent)
     body += f"\n![speed-up per family, variant, model and batch]({speed_png.name})\n\n"
     body += f"![latency against batch size]({latency_png.name})\n"
     md.write_text(header + body)

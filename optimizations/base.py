@@ -24,6 +24,10 @@ class Runner:
         the first run.
     info: facts worth keeping with the result (graph count, provider, fallback reasons...).
     device_memory: "torch" when torch's CUDA allocator holds the memory, "nvml" for engines torch cannot see.
+    engine_profile: for engines outside PyTorch, `engine_profile(prepared_inputs, steps, out_dir, name)` runs the
+        inputs `steps` times (after one warm-up) under the engine's own profiler (ONNX Runtime's session profiling,
+        TensorRT's IProfiler) and returns {"source", "steps", "ops": [{"name", "op", "us", "bytes"}], "trace_file",
+        "kernels_counted"}; used by harness.trace in its untimed pass, never while timing.
     """
 
     fn: Callable[..., Any]
@@ -33,6 +37,7 @@ class Runner:
     verify: Callable[[], None] = lambda: None
     info: dict = field(default_factory=dict)
     device_memory: str = "torch"
+    engine_profile: Callable[..., dict] | None = None
 
     def __call__(self, *inputs: Any) -> Any:
         return self.fn(*inputs)

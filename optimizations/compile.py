@@ -31,10 +31,16 @@ def _graph_stats() -> tuple[int, int, dict]:
 
 
 def graph_break_check(info: dict, allowed: int = 0):
-    """A verify() for a compiled Runner: at least one graph, at most `allowed` graph breaks (recorded in info)."""
+    """A verify() for a compiled Runner: at least one graph, at most `allowed` graph breaks (recorded in info).
+
+    Dynamo's counters are process-wide and survive torch._dynamo.reset(): what this Runner compiled is what they
+    gained since this check was made (before the first call, which compiles)."""
+    breaks_before, graphs_before, reasons_before = _graph_stats()
 
     def verify() -> None:
-        n_breaks, n_graphs, breaks = _graph_stats()
+        n_breaks, n_graphs, all_breaks = _graph_stats()
+        n_breaks, n_graphs = n_breaks - breaks_before, n_graphs - graphs_before
+        breaks = {r: n - reasons_before.get(r, 0) for r, n in all_breaks.items() if n > reasons_before.get(r, 0)}
         info.update(graph_breaks=n_breaks, graphs=n_graphs)
         if n_graphs < 1:
             raise NotEngagedError("torch.compile produced no graph: the model ran eagerly")

@@ -180,21 +180,113 @@ def _iobinding_runner(session, input_names: list[str]):
     return prepare, run
 
 
+def _session_runner(session, config: OrtConfig, with_copies: bool):
+    input_names = [i.name for i in session.get_inputs()]
+    if config.provider == "cpu":
+        return _host_runner(session, input_names)
+    if with_copies or not config.io_binding:
+        return _cuda_copies_runner(session, input_names)
+    return _iobinding_runner(session, input_names)
+
+
+# ONNX Runtime's profile: dtype names of its input/output shapes -> bytes per element
+_ORT_DTYPE_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int64": 8, "int32": 4, "int16": 2,
+                    "int8": 1, "uint8": 1, "bool": 1}  # fmt: skip
+
+
+def _node_bytes(args: dict) -> int | None:
+    """Bytes of a profiled node's inputs and outputs, from the shapes ONNX Runtime recorded."""
+    total = 0
+    for entry in (args.get("input_type_shape") or []) + (args.get("output_type_shape") or []):
+        for dtype, shape in entry.items():
+            size = _ORT_DTYPE_BYTES.get(dtype)
+            if size is None:
+                return None
+            n = 1
+            for d in shape:
+                n *= int(d)
+            total += n * size
+    return total
+
+
+def profile_events(events: list[dict]) -> tuple[list[dict], list[float]]:
+    """The node kernel times of an ONNX Runtime profile, per run after the first (the warm-up): ({"name", "op",
+    "us", "bytes", "run"} per node execution, the duration in us of each of those runs)."""
+    runs = sorted(
+        (e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"]
+    )
+    timed = runs[1:]
+    nodes = []
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        run = next((i for i, r in enumerate(timed) if r["ts"] <= e["ts"] <= r["ts"] + r["dur"]), None)
+        if run is None:
+            continue
+        args = e.get("args") or {}
+        name = e["name"].removesuffix("_kernel_time")
+        op = args.get("op_name") or name
+        nodes.append({"name": name, "op": op, "us": float(e["dur"]), "bytes": _node_bytes(args), "run": run})
+    return nodes, [float(r["dur"]) for r in timed]
+
+
+def profile_runs(
+    onnx_path, config: OrtConfig, with_copies: bool, inputs: tuple, steps: int, out_dir, name: str
+) -> dict:
+    """Run `inputs` (prepared for a runner of this kind) 1 + `steps` times in a second session on the same ONNX
+    file with ONNX Runtime's session profiling on (ORT profiles a session from its creation only, so the timed
+    session stays unprofiled); its Chrome-format profile is gzipped into `out_dir`."""
+    import gzip
+    import json
+    import shutil
+
+    ort = _ort()
+    options = session_options(config)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(out_dir) / f"{name}.ort")
+    session = ort.InferenceSession(str(onnx_path), options, providers=[_provider_entry(config)])
+    _prepare, run = _session_runner(session, config, with_copies)
+    for _ in range(1 + steps):
+        run(*inputs)
+        if config.provider != "cpu":
+            torch.cuda.synchronize()
+    raw = Path(session.end_profiling())
+    events = json.loads(raw.read_text())
+    packed = Path(out_dir) / f"{name}.ort.json.gz"
+    with open(raw, "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    nodes, runs = profile_events(events)
+    return {
+        "source": "onnxruntime session profiling: node kernel time (a second session, same ONNX file)",
+        "steps": len(runs),
+        "step_ms": sum(runs) / len(runs) / 1e3 if runs else None,
+        "ops": nodes,
+        "trace_file": str(packed),
+        "kernels_counted": "ONNX Runtime node kernels",
+    }
+
+
 def apply(model, example_inputs: tuple, config: OrtConfig, artifact, with_copies: bool = False) -> Runner:
     """A Runner over an ONNX Runtime session of `artifact` (an onnx_export.OnnxArtifact or anything with .path,
     .files and .input_names)."""
     session = create_session(artifact.path, config)
-    input_names = [i.name for i in session.get_inputs()]
-    if config.provider == "cpu":
-        prepare, run = _host_runner(session, input_names)
-    elif with_copies or not config.io_binding:
-        prepare, run = _cuda_copies_runner(session, input_names)
-    else:
-        prepare, run = _iobinding_runner(session, input_names)
+    prepare, run = _session_runner(session, config, with_copies)
     info = {
         "provider": session.get_providers()[0],
         "graph_level": config.graph_level,
         "intra_op_threads": session_options(config).intra_op_num_threads,
         "io_binding": config.provider != "cpu" and config.io_binding and not with_copies,
     }
-    return Runner(fn=run, prepare=prepare, model=None, artifact_files=tuple(str(f) for f in artifact.files), info=info)
+
+    def engine_profile(inputs: tuple, steps: int, out_dir, name: str) -> dict:
+        return profile_runs(artifact.path, config, with_copies, inputs, steps, out_dir, name)
+
+    return Runner(
+        fn=run,
+        prepare=prepare,
+        model=None,
+        artifact_files=tuple(str(f) for f in artifact.files),
+        info=info,
+        engine_profile=engine_profile,
+    )

@@ -581,3 +581,25 @@ def test_runner_outside_profile_reuse_and_current_stream(fp32_onnx, tmp_path, no
     check_exact(out, _eager(x_side), torch.float32, label="trt-side-stream")
     torch.cuda.synchronize()
     assert runner.calls == 4 and set(runner.dtypes.values()) == {torch.float32}
+
+
+@pytest.mark.trt
+@pytest.mark.gpu
+def test_layer_profile_reports_every_layer_of_each_step(fp32_onnx, tmp_path):
+    """TensorRT's IProfiler on the runner's own context (harness.trace's engine profile for trt-* rows)."""
+    from harness.trace import engine_fields
+
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    runner = trt_opt.apply(small_model().cuda(), (x,), _config(tmp_path, "fp32"), [fp32_onnx])
+    inputs = runner.prepare((x,))
+    runner(*inputs)
+    profile = runner.engine_profile(inputs, 3, tmp_path, "small")
+    assert profile["steps"] == 3 and profile["ops"], profile
+    per_step = [sum(1 for o in profile["ops"] if o["run"] == step) for step in range(3)]
+    assert per_step[0] > 0 and len(set(per_step)) == 1  # every layer reported once per execution
+    assert all(o["us"] >= 0 for o in profile["ops"])
+    fields = engine_fields(profile, None, cuda=True)
+    assert fields["op_ms_per_step_total"] > 0 and fields["breakdown_source"].startswith("tensorrt IProfiler")
+    out = runner(*inputs)  # the context still runs after the profiler is detached
+    torch.cuda.synchronize()
+    assert out.shape == (4, 10)
