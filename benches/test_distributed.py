@@ -20,7 +20,7 @@ rank's own statistics under DDP, so its reference normalizes each rank's share a
 
 from __future__ import annotations
 
-from harness.distributed_bench import DDP
+from harness.distributed.bench import DDP
 from harness.matrix import matrix
 from harness.variant import Variant
 from optimizations.distributed import step_apply

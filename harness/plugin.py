@@ -176,7 +176,7 @@ def _settings(config: pytest.Config) -> Settings:
     except ValueError as error:
         raise pytest.UsageError(f"--data {data!r}: {error}") from None
     eval_samples = config.getoption("--eval-samples") or (1024 if profile.name == "full" else 128)
-    from harness.distributed_bench import parse_world_sizes
+    from harness.distributed.bench import parse_world_sizes
 
     try:
         world_sizes = parse_world_sizes(config.getoption("--world-sizes"))
@@ -444,7 +444,7 @@ def _parametrize_scaling(metafunc: pytest.Metafunc, settings: Settings) -> None:
     """The distributed bench's world-size axis: ws1 (the reference), and per larger world size its weak- and
     strong-scaling points; world sizes this machine cannot hold skip with the reason."""
     from harness.distributed import world_size_problem
-    from harness.distributed_bench import scaling_points
+    from harness.distributed.bench import scaling_points
 
     params = []
     for point in scaling_points(settings.world_sizes):
@@ -600,7 +600,7 @@ def measure_fn(request: pytest.FixtureRequest, benchmark, settings: Settings):
 def measure_distributed(request: pytest.FixtureRequest, benchmark, settings: Settings):
     """measure_distributed(case, scaling): a torchrun job checks the data-parallel step against one process's, then
     times it; the slowest rank's per-step times become this test's pytest-benchmark rounds."""
-    from harness.distributed_bench import Unsupported, run_distributed_case
+    from harness.distributed.bench import Unsupported, run_distributed_case
 
     def run(case: Case, scaling) -> dict:
         benchmark.group = case.group

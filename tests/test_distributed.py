@@ -29,7 +29,7 @@ from harness.distributed import (
     torchrun_command,
     world_size_problem,
 )
-from harness.distributed_bench import (
+from harness.distributed.bench import (
     Scaling,
     launch_job,
     make_job,
@@ -37,7 +37,7 @@ from harness.distributed_bench import (
     scaling_points,
     slowest_rank_times,
 )
-from harness.distributed_worker import covered
+from harness.distributed.worker import covered
 from harness.variant import Variant
 from models import build_model, get_spec
 from optimizations.distributed import full_gradients, full_parameters, step_apply

@@ -1,7 +1,7 @@
 """The distributed bench's cases (benches/test_distributed.py): one torchrun job per (model, batch, variant, world
 size), its results turned into the case's record.
 
-The pytest process never joins a process group. A job runs harness.distributed_worker in every rank; rank 0 writes
+The pytest process never joins a process group. A job runs harness.distributed.worker in every rank; rank 0 writes
 the measurements to a JSON file, which becomes the record here, and the slowest rank's per-step times become the
 case's pytest-benchmark rounds. Every case needs world size 1 of its variant (the reference of its scaling
 efficiency) and `ddp` at world size 1 (the family's baseline): jobs are cached per run, and one not run as a case is
@@ -116,7 +116,7 @@ def _launch_job(case, world_size: int, settings) -> dict:
 
 
 def make_job(model, image_size, batch, world_size, variant: Variant, device, threads, timeout_s, timing, weights=None):
-    """What harness.distributed_worker runs: the check, then per scaling point of `world_size` (the reference at 1;
+    """What harness.distributed.worker runs: the check, then per scaling point of `world_size` (the reference at 1;
     weak, and strong where `batch` divides) warm-up, timed rounds and a profiled step."""
     points = [Scaling(1, "reference")] if world_size == 1 else [Scaling(world_size, "weak")]
     if world_size > 1 and batch % world_size == 0:
@@ -143,7 +143,7 @@ def launch_job(job: dict, timeout_s: float, env: dict | None = None) -> dict:
         where = Path(where)
         (where / "job.json").write_text(json.dumps(job))
         job_file, out_file = where / "job.json", where / "out.json"
-        target = ["-m", "harness.distributed_worker", "--job", str(job_file), "--out", str(out_file)]
+        target = ["-m", "harness.distributed.worker", "--job", str(job_file), "--out", str(out_file)]
         launched = launch(target, job["world_size"], timeout_s, job["threads"], where / "logs", env=env)
         result = check_launch(launched)
         out = json.loads(out_file.read_text())

@@ -1,6 +1,6 @@
-"""One data-parallel bench case, run by every rank of a torchrun job (harness.distributed_bench launches it):
+"""One data-parallel bench case, run by every rank of a torchrun job (harness.distributed.bench launches it):
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m harness.distributed_worker \\
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m harness.distributed.worker \\
         --job JOB.json --out RESULT.json
 
 1. Correctness before timing: from the same weights, on one global batch split over the ranks (at most
@@ -14,7 +14,7 @@
    warm-up and are the same on every rank. Then one profiled step: the share of its wall time during which
    communication ran (gloo collectives' spans on a CPU, NCCL kernels on a GPU; overlapping spans counted once).
    Peak memory per rank: CUDA allocator peak, and host RSS.
-3. Rank 0 writes the gathered per-rank figures as JSON; harness.distributed_bench turns them into the case's record.
+3. Rank 0 writes the gathered per-rank figures as JSON; harness.distributed.bench turns them into the case's record.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def run(job: dict, group: Rank) -> dict:
 
 @record
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.distributed_worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.distributed.worker", description=__doc__.split("\n")[0])
     parser.add_argument("--job", required=True, help="the job's JSON (written by harness.distributed)")
     parser.add_argument("--out", required=True, help="where rank 0 writes the results")
     args = parser.parse_args(argv)

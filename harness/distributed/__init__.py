@@ -2,7 +2,7 @@
 cleaning up after them, joining a process group inside a rank, the world sizes a node can hold.
 
 `launch` runs `torchrun --standalone` (its rendezvous on a free port torchrun picks) as a subprocess from the pytest
-process or a test; the ranks call `init_group`. The bench's cases are built on it in harness.distributed_bench.
+process or a test; the ranks call `init_group`. The bench's cases are built on it in harness.distributed.bench.
 
 Robustness: ranks run with a process-group timeout (a rank that hangs makes the others' collectives fail), torchrun
 ends every rank once one fails and reports the first failure (its error file, written by `@record`), and `launch`
@@ -369,7 +369,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gloo: {torch.distributed.is_gloo_available()}, nccl: {torch.distributed.is_nccl_available()}")
     print(f"ranks on this node: CPU {max_world_size('cpu')}, CUDA {max_world_size('cuda')}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

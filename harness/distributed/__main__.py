@@ -1,0 +1,5 @@
+import sys
+
+from harness.distributed import main
+
+sys.exit(main())
