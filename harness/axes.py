@@ -40,6 +40,8 @@ class Profile:
     family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per family and model, batch sizes (others: above)
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
+    finetune_steps: int = 30  # compression: fine-tune steps after channel pruning (training images of --data)
+    qat_steps: int = 10  # compression: quantization-aware training steps (each costs ~3 plain steps on a CPU)
 
 
 ALL_MODELS = (
@@ -72,10 +74,12 @@ PROFILES = {
         kernel_sizes=(2**16, 2**20),
         kernel_dtypes=("fp32",),
         accuracy_models=("resnet18", "resnet50"),
-        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base")},
+        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base"), "compression": ("resnet18",)},
         family_batch_sizes={},
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
+        finetune_steps=30,
+        qat_steps=10,
     ),
     "full": Profile(
         name="full",
@@ -94,10 +98,16 @@ PROFILES = {
         kernel_dtypes=("fp32", "bf16"),
         accuracy_models=("resnet18", "resnet50", "densenet121"),
         family_models={},
-        family_batch_sizes={"onnxruntime": DEPLOYMENT_BATCH_SIZES, "tensorrt": DEPLOYMENT_BATCH_SIZES},
+        family_batch_sizes={
+            "onnxruntime": DEPLOYMENT_BATCH_SIZES,
+            "tensorrt": DEPLOYMENT_BATCH_SIZES,
+            "compression": DEPLOYMENT_BATCH_SIZES,
+        },
         compile_training_activations=True,
         summary="the seeds' settings: images 224x224, batch sizes 1 and 64 (deployment benches: densenet121 at "
         "1-32, bert-base at 1-256), every model and variant",
+        finetune_steps=300,
+        qat_steps=300,
     ),
 }
 

@@ -16,7 +16,7 @@ import torch
 
 from harness import metrics, timing
 from harness.axes import Profile
-from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training
+from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_accuracy, check_training
 from harness.variant import Variant, VariantContext
 from models.registry import ModelSpec, build_model, count_parameters
 
@@ -58,6 +58,7 @@ class Baseline:
     trained: bool  # weights trained on the data source's labels: accuracy columns for every variant
     inputs_from: str = "random"  # what the checks and timings run on
     eager: timing.Summary | None = None
+    compiled: timing.Summary | None = None  # torch.compile of the same model, for speedup_vs_compiled
 
 
 @dataclass
@@ -174,6 +175,22 @@ class BaselineCache:
                 )
         return base.eager
 
+    def compiled_summary(self, case: Case) -> timing.Summary:
+        """The same model compiled (fp32, Inductor default), timed once per group: the `compile` row's own timing
+        when it ran, else measured here (its compilation outside any timing)."""
+        base = self.get(case)
+        if base.compiled is None:
+            from harness.variant import compile_runner
+
+            ctx = VariantContext(self.settings.device, torch.float32, case.spec, self.settings.image_size)
+            with torch.inference_mode():
+                runner = compile_runner(base.model, base.inputs, ctx)
+                runner(*base.inputs)
+                base.compiled = measure_rounds(
+                    lambda: runner(*base.inputs), timing.synchronizer(self.settings.device), self.settings.profile
+                )
+        return base.compiled
+
 
 def data_inputs(settings: Settings, batch_size: int) -> tuple[torch.Tensor]:
     """A batch of the data source's evaluation images: what a model trained on that data is checked on. On random
@@ -197,7 +214,10 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
     base = baselines.get(case)
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
-    ctx = VariantContext(case.device, dtype, case.spec, settings.image_size, settings.data)
+    ctx = VariantContext(
+        case.device, dtype, case.spec, settings.image_size, settings.data, settings.profile, settings.eval_samples,
+        base.weights,
+    )  # fmt: skip
     sync = timing.synchronizer(case.device)
     try:
         is_cuda = torch.device(case.device).type == "cuda"
@@ -213,16 +233,31 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
             # (export, INT8 calibration, compilation): the peaks restart here, the build's are kept apart.
             build_host_mb, build_device_mb = host.reset(), device_peak.reset()
             runner.verify()
-            check = CHECKS[variant.check](out, base.reference, dtype, label=case.id)
+            accuracy = None
+            if variant.check == "accuracy":  # judged by top-1 on held-out images, before any timing
+                accuracy = accuracy_fields(runner, base, case, settings)
+                check = check_accuracy(out, base.reference, accuracy, runner.fields, label=case.id)
+            else:
+                check = CHECKS[variant.check](out, base.reference, dtype, label=case.id)
             del out
             summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run)
     except torch.OutOfMemoryError as error:
         raise out_of_memory(case, error) from None
     if variant.name == "eager":
         base.eager = summary
+    if variant.name == "compile" and case.family == "compression":
+        base.compiled = summary
     eager = baselines.eager_summary(case)
     peak_device_mb = device_peak.peak_mb if runner.device_memory == "torch" or not is_cuda else nvml.peak_mb
-    accuracy = accuracy_fields(runner, base, case, settings)
+    if accuracy is None:
+        accuracy = accuracy_fields(runner, base, case, settings)
+    vs_compiled = {}
+    if variant.vs_compiled:
+        compiled = baselines.compiled_summary(case)
+        vs_compiled = {
+            "compiled_median_ms": compiled.median_ms,
+            "speedup_vs_compiled": timing.speedup(compiled.median_ms, summary.median_ms),
+        }
     model_size = (
         metrics.files_bytes(*runner.artifact_files)
         if runner.artifact_files
@@ -248,7 +283,9 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None) 
         "threads": torch.get_num_threads(),
         **check.as_extra_info(),
         **accuracy,
+        **vs_compiled,
         **{f"info_{k}": v for k, v in runner.info.items()},
+        **runner.fields,  # what the variant measured of itself (a pruned model's params, gflops, build_s...)
     }
     return record
 

@@ -183,7 +183,22 @@ def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str 
         )
     if "slow" in variant.marks and not profile.run_slow:
         return f"{variant.name} is slow: it runs in --profile full"
+    if variant.trained_only and not _has_trained_weights(case, settings):
+        return (
+            f"{variant.name} is judged by top-1 on labelled images and needs trained weights: {case.spec.name} has "
+            f"none here (pass --checkpoint PATH, or run a model the {profile.name} profile trains: "
+            f"{', '.join(profile.accuracy_models)})"
+        )
     return None
+
+
+def _has_trained_weights(case: Case, settings: Settings) -> bool:
+    """Whether the case's model gets weights trained on the data's labels (the accuracy columns' condition)."""
+    if not case.spec.num_classes or "vision" not in case.spec.tags or case.activation:
+        return False
+    if settings.weights is None:
+        return case.spec.name in settings.profile.accuracy_models
+    return settings.weights not in ("", "random", "pretrained")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

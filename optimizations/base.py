@@ -24,6 +24,9 @@ class Runner:
         the first run.
     info: facts worth keeping with the result (graph count, provider, fallback reasons...).
     device_memory: "torch" when torch's CUDA allocator holds the memory, "nvml" for engines torch cannot see.
+    fields: figures the optimization measured itself, kept in the record as they are (not prefixed like info) and
+        taking precedence over the harness's generic ones: e.g. a pruned model's own params and gflops, build_s,
+        the top-1 before and after a fine-tune.
     """
 
     fn: Callable[..., Any]
@@ -33,6 +36,7 @@ class Runner:
     verify: Callable[[], None] = lambda: None
     info: dict = field(default_factory=dict)
     device_memory: str = "torch"
+    fields: dict = field(default_factory=dict)
 
     def __call__(self, *inputs: Any) -> Any:
         return self.fn(*inputs)

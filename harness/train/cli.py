@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--resume", nargs="?", const="auto", default=None, help="'auto' (OUT_DIR/last.pt if present) or a path")
     add("--log-every", type=int, default=defaults["log_every"], help="log line every N steps without a bar")
     add("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
+    add("--teacher", default=None, help="knowledge distillation from this harness.train checkpoint (Hinton's loss)")
+    add("--kd-temperature", type=float, default=defaults["kd_temperature"], help="KD temperature T (default: 4)")
+    add("--kd-alpha", type=float, default=defaults["kd_alpha"], help="KD soft-target weight alpha (default: 0.9)")
     return parser
 
 
