@@ -53,7 +53,7 @@ KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
 
 def _finish(runner: Runner, facts: dict, model_file=None) -> Runner:
     """Attach a build's facts (record fields) and the saved file to a Runner."""
-    runner.fields.update({k: v for k, v in facts.items() if k != "model_file"})
+    runner.fields.update(facts)
     if model_file or facts.get("model_file"):
         runner.artifact_files = (str(model_file or facts["model_file"]),)
     return runner
