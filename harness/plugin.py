@@ -57,6 +57,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--eval-samples", type=int, default=None, help="evaluation images (default: quick 128, full 1024)")
     group.addoption("--report-dir", default="reports", help="where the end-of-run report is written")
+    group.addoption(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="compression: fine-tune steps after pruning and QAT steps (default: quick 30 and 10, full 300 and 300)",
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -106,6 +112,11 @@ def _settings(config: pytest.Config) -> Settings:
         batch_sizes=tuple(int(b) for b in batches) if batches else profile.batch_sizes,
         compile_models=profile.compile_models if models is None else None,
     )
+    steps = config.getoption("--finetune-steps")
+    if steps is not None:
+        if steps < 1:
+            raise pytest.UsageError(f"--finetune-steps {steps}: give a positive number of steps")
+        profile = replace(profile, finetune_steps=steps, qat_steps=steps)
     data = config.getoption("--data") or checkpoint.get("data") or "synthetic"
     try:
         from harness.data import parse_source

@@ -180,13 +180,14 @@ def deployable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """What a deployment of `module` ships: its state dict (for a converted graph: int8 weights, fp32 biases,
     scales and zero points), as plain tensors (torchao's int8 tensor subclasses as their int8 data and scales)."""
     state = {}
-    for name, value in module.state_dict().items():
-        if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
-            inner, _ = value.__tensor_flatten__()
-            for part in inner:
-                state[f"{name}.{part}"] = getattr(value, part).detach()
-        else:
-            state[name] = value.detach()
+    with torch.inference_mode(False):  # detaching a tensor subclass refuses inference mode
+        for name, value in module.state_dict().items():
+            if type(value) is not torch.Tensor and hasattr(value, "__tensor_flatten__"):
+                inner, _ = value.__tensor_flatten__()
+                for part in inner:
+                    state[f"{name}.{part}"] = getattr(value, part).detach()
+            else:
+                state[name] = value.detach()
     return state
 
 

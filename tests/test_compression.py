@@ -67,7 +67,8 @@ def test_dynamic_int8_makes_linear_weights_int8():
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 64)).eval()
     quantized = qt.quantize_dynamic(model)
     assert qt.int8_linear_count(quantized) == (2, 2) and qt.int8_linear_count(model) == (0, 2)
-    state = qt.deployable_state(quantized)
+    with torch.inference_mode():  # as a bench's apply calls it
+        state = qt.deployable_state(quantized)
     assert any(v.dtype == torch.int8 and v.numel() == 64 * 128 for v in state.values()), list(state)
     x = torch.randn(16, 64)
     with torch.inference_mode():
@@ -278,3 +279,31 @@ def test_compression_bench_runs_and_records_what_it_saved(tmp_path):
     md = next((tmp_path / "reports").glob("*.md")).read_text()
     assert "compression: resnet18, sizes, accuracy and speed-ups" in md and "seed 004's table" in md
     assert next((tmp_path / "reports").glob("*-accuracy-latency.png")).stat().st_size > 1000
+
+
+def test_report_tables_and_accuracy_latency_plot(tmp_path):
+    from harness import report
+
+    def row(variant, batch, ms, top1, **extra):
+        return {"family": "compression", "model": "resnet18", "variant": variant, "dtype": "fp32", "batch_size": batch,
+                "median_ms": ms, "samples_per_s": batch / ms * 1e3, "speedup_vs_eager": 10.0 / ms, "top1": top1,
+                "params": 1e6, "gflops": 0.5 * batch, **extra}  # fmt: skip
+
+    rows = [
+        row("eager", 8, 10.0, 0.80),
+        row("prune-channels-50", 8, 5.0, 0.78, model_size_mb=10.0, size_ratio=4.0, compressed_size_mb=2.0,
+            compressed_ratio=20.0, top1_before_finetune=0.1, top1_after_finetune=0.78, speedup_vs_compiled=1.5,
+            check="accuracy", top1_drop=0.02, reference_top1=0.80, sqnr_db=6.0, size_fp32_mb=40.0),
+        row("distilled-from-resnet50", 8, 10.0, 0.82, student_alone_top1=0.79, teacher_top1=0.85,
+            teacher_median_ms=25.0, student_median_ms=10.0, student_speedup_vs_teacher=2.5),
+        {**row("ort-int8-minmax", 8, 3.0, 0.79), "family": "onnxruntime"},
+    ]  # fmt: skip
+    text = report.render_tables({"machine_info": {}, "benchmarks": [{"extra_info": r} for r in rows]})
+    assert "compression: resnet18, sizes, accuracy and speed-ups" in text
+    assert "| prune-channels-50-fp32 | 1.00 | 0.500 | 10.00 (4.0x) |" in text
+    assert "10.0% / 78.0%" in text and "20.0x" in text and "accuracy (top-1 -2.0 pts vs 80.0%" in text
+    assert "distillation: students against the teacher" in text and "| 82.0% | 79.0% | 85.0% |" in text
+    assert "compression: resnet18, per technique and batch (seed 004's table)" in text
+    png = report.plot_accuracy_latency(rows, tmp_path / "acc.png")
+    assert png.stat().st_size > 1000
+    assert report.plot_accuracy_latency([{**r, "top1": None} for r in rows], tmp_path / "none.png") is None
