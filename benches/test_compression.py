@@ -9,7 +9,8 @@ compressed model (a channel-pruned model really has fewer), `model_size_mb` from
 artifacts/compression/ (a pruned-but-dense model is not smaller), the weight-coding stages (harness.weight_coding:
 int8 codes, Huffman coded with an exact decode round trip = `compressed_size_mb`, optional k-means codes, zstd of the
 file, each as a ratio to the fp32 file), `build_s` (calibration, pruning, fine-tune: apart from latency and from
-`compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`.
+`compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`. The `eager` and `compile` rows carry the uncompressed
+file and what weight coding alone makes of it (models under 50M parameters; larger ones only their file size).
 
 Correctness before timing (thresholds in harness/correctness.py):
 - `pt-int8-static`, `pt-int8-dynamic`: `lossy` (SQNR >= 20 dB against eager fp32; top-1 agreement reported); the
@@ -39,7 +40,7 @@ import torch
 from harness import compression as comp
 from harness import metrics
 from harness.matrix import matrix
-from harness.variant import EAGER, Variant, VariantContext, compile_runner
+from harness.variant import Variant, VariantContext, compile_runner
 from optimizations import prune
 from optimizations import quantize_torch as qt
 from optimizations.base import NotEngagedError, Runner
@@ -98,9 +99,6 @@ def pt_int8_dynamic(model, inputs, ctx: VariantContext) -> Runner:
 
 
 def pt_int8_qat(model, inputs, ctx: VariantContext) -> Runner:
-    if torch.device(ctx.device).type == "cuda":
-        raise NotEngagedError("PT2E QAT lowers through X86InductorQuantizer (oneDNN): a CPU path; run --device cpu")
-
     def build():
         prepared = qt.prepare_qat(model, inputs)
         config = FineTuneConfig(steps=ctx.profile.qat_steps, lr=QAT_LR, device=ctx.device)
@@ -245,20 +243,43 @@ def distilled(teacher_name: str):
 # ------------------------------------------------------------------------------------------- the matrix
 
 
+CODING_MAX_PARAMS = 50_000_000  # the uncompressed rows code their weights only below this (bert-base: ~1 min)
+
+
+def _fp32_facts(model, ctx: VariantContext) -> dict:
+    """The uncompressed model's file and what weight coding alone makes of it (cached): the rows every
+    compression is read against."""
+
+    def build():
+        params = sum(p.numel() for p in model.parameters())
+        if params > CODING_MAX_PARAMS:
+            path = comp.fp32_file(ctx, model)
+            mb = path.stat().st_size / metrics.MB
+            return None, {"model_file": str(path), "size_fp32_mb": mb, "size_ratio": 1.0, "coding": "skipped: large"}
+        model_file, sizes = comp.size_fields(ctx, "fp32", model.state_dict(), model)
+        return None, {**sizes, "model_file": str(model_file)}
+
+    return comp.CACHE.get(ctx, "fp32", build)[1]
+
+
+def eager_reference(model, inputs, ctx: VariantContext) -> Runner:
+    return _finish(Runner(fn=model, model=model), _fp32_facts(model, ctx))
+
+
 def compiled_reference(model, inputs, ctx: VariantContext) -> Runner:
-    return compile_runner(model, inputs, ctx)
+    return _finish(compile_runner(model, inputs, ctx), _fp32_facts(model, ctx))
 
 
 INT8 = dict(dtype="int8", marks=("torchao",), vs_compiled=True)
 PRUNED = dict(check="accuracy", trained_only=True, vs_compiled=True)
 
 VARIANTS = [
-    EAGER,
+    Variant("eager", eager_reference, check="exact", vs_compiled=True),
     # The compiled fp32 reference of speedup_vs_compiled: runs in every profile in this family (compiles=False).
     Variant("compile", compiled_reference, check="exact"),
     Variant("pt-int8-static", pt_int8_static, check="lossy", only="conv", **INT8),
     Variant("pt-int8-dynamic", pt_int8_dynamic, check="lossy", only="nlp", **INT8),
-    Variant("pt-int8-qat", pt_int8_qat, only="conv", **{**INT8, **PRUNED}),
+    Variant("pt-int8-qat", pt_int8_qat, only="conv", **{**INT8, **PRUNED, "marks": ("torchao", "cpu")}),
     Variant("prune-unstructured-50", prune_unstructured(0.5), **PRUNED),
     Variant("prune-channels-30", prune_channels(0.3), only="conv", marks=("pruning",), **PRUNED),
     Variant("prune-channels-50", prune_channels(0.5), only="conv", marks=("pruning",), **PRUNED),
@@ -267,7 +288,7 @@ VARIANTS = [
         prune_channels_int8(0.3),
         only="conv",
         dtype="int8",
-        marks=("pruning", "torchao"),
+        marks=("pruning", "torchao", "cpu"),
         **PRUNED,
     ),
     Variant(

@@ -129,11 +129,15 @@ def artifact_dir(ctx: VariantContext, name: str) -> Path:
     return Path(ARTIFACTS) / f"{ctx.spec.name}-{ctx.image_size}-{name}-{digest}"
 
 
+_WRITTEN: set[Path] = set()
+
+
 def fp32_file(ctx: VariantContext, model: nn.Module) -> Path:
     """The uncompressed model's state dict as torch.save writes it: the denominator of every size ratio."""
     path = artifact_dir(ctx, "fp32") / "model.pt"
-    if not path.is_file():
+    if path not in _WRITTEN:  # once per process: a file left by an earlier run may hold other weights
         weight_coding.save_state(model.state_dict(), path)
+        _WRITTEN.add(path)
     return path
 
 

@@ -179,6 +179,8 @@ def _skip_reason(case: Case, settings: Settings, training: bool = False) -> str 
         return f"{variant.name} is GPU-only: " + (
             "run with --device cuda" if capabilities.has_cuda() else "needs a CUDA device (this machine has none)"
         )
+    if "cpu" in variant.marks and settings.device != "cpu":
+        return f"{variant.name} is a CPU path (it lowers to oneDNN through X86InductorQuantizer): run with --device cpu"
     reason = variant.unsuitable(case.spec)
     if reason:
         return reason
