@@ -9,8 +9,8 @@ compressed model (a channel-pruned model really has fewer), `model_size_mb` from
 artifacts/compression/ (a pruned-but-dense model is not smaller), the weight-coding stages (harness.weight_coding:
 int8 codes, Huffman coded with an exact decode round trip = `compressed_size_mb`, optional k-means codes, zstd of the
 file, each as a ratio to the fp32 file), `build_s` (calibration, pruning, fine-tune: apart from latency and from
-`compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`. The `eager` and `compile` rows carry the uncompressed
-file and what weight coding alone makes of it (models under 50M parameters; larger ones only their file size).
+`compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`. The `eager` and `compile` rows carry the
+uncompressed file and what weight coding alone makes of it (models under 50M parameters; larger ones their file).
 
 Correctness before timing (thresholds in harness/correctness.py):
 - `pt-int8-static`, `pt-int8-dynamic`: `lossy` (SQNR >= 20 dB against eager fp32; top-1 agreement reported); the
