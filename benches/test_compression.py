@@ -120,9 +120,19 @@ def prune_unstructured(amount: float):
 
     def apply(model, inputs, ctx: VariantContext) -> Runner:
         def build():
-            pruned = prune.prune_unstructured(model, prune.UnstructuredConfig(amount))
+            evaluate = comp.top1_evaluator(ctx)
+            facts: dict = {}
+            config = FineTuneConfig(steps=ctx.profile.finetune_steps, lr=FINETUNE_LR, device=ctx.device)
+
+            def finetune(masked) -> None:  # trained with the masks in place: the zeros stay zeros
+                facts["top1_before_finetune"] = evaluate(masked.eval())
+                facts.update(fine_tune(masked, comp.finetune_batches(ctx), config))
+
+            pruned = prune.prune_unstructured(model, prune.UnstructuredConfig(amount), finetune=finetune)
+            facts["top1_after_finetune"] = evaluate(pruned)
             model_file, sizes = comp.size_fields(ctx, name, pruned.state_dict(), model, kmeans=True)
-            return pruned, {**sizes, "model_file": str(model_file), "sparsity": prune.weight_sparsity(pruned)}
+            sparsity = prune.weight_sparsity(pruned)
+            return pruned, {**facts, **sizes, "model_file": str(model_file), "sparsity": sparsity}
 
         pruned, facts = comp.CACHE.get(ctx, name, build)
 
@@ -207,6 +217,10 @@ def distilled(teacher_name: str):
         from models import build_model, get_spec
 
         def build():
+            with torch.inference_mode(False):  # training runs here when the checkpoints are not cached yet
+                return train_and_load()
+
+        def train_and_load():
             teacher_ckpt = trained_checkpoint(teacher_name, ctx.image_size, ctx.device, ctx.data)
             kd = {"teacher": str(teacher_ckpt), "kd_temperature": KD_TEMPERATURE, "kd_alpha": KD_ALPHA}
             student_ckpt = trained_checkpoint(ctx.spec.name, ctx.image_size, ctx.device, ctx.data, **kd)
@@ -215,9 +229,10 @@ def distilled(teacher_name: str):
             student = build_model(ctx.spec, ctx.image_size, weights=str(student_ckpt)).to(ctx.device)
             teacher = build_model(get_spec(teacher_name), ctx.image_size, weights=str(teacher_ckpt)).to(ctx.device)
             alone = build_model(ctx.spec, ctx.image_size, weights=str(alone_ckpt)).to(ctx.device)
+            alone_top1 = evaluate(alone)
             facts = {
-                "reference_top1": evaluate(alone),  # the accuracy criterion compares with the student trained alone
-                "student_alone_top1": evaluate(alone),
+                "reference_top1": alone_top1,  # the accuracy criterion compares with the student trained alone
+                "student_alone_top1": alone_top1,
                 "teacher_top1": evaluate(teacher),
                 "teacher": teacher_name,
                 "student_checkpoint": str(student_ckpt),

@@ -40,8 +40,8 @@ class Profile:
     family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per family and model, batch sizes (others: above)
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
-    finetune_steps: int = 30  # compression: fine-tune steps after channel pruning (training images of --data)
-    qat_steps: int = 10  # compression: quantization-aware training steps (each costs ~3 plain steps on a CPU)
+    finetune_steps: int = 60  # compression: fine-tune steps after pruning (training images of --data, batch 32)
+    qat_steps: int = 20  # compression: quantization-aware training steps (each costs ~3 plain steps on a CPU)
 
 
 ALL_MODELS = (
@@ -78,8 +78,8 @@ PROFILES = {
         family_batch_sizes={},
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
-        finetune_steps=30,
-        qat_steps=10,
+        finetune_steps=60,
+        qat_steps=20,
     ),
     "full": Profile(
         name="full",

@@ -28,7 +28,7 @@ FINETUNE_SAMPLES = 1280  # the training images fine-tunes cycle over (the quick 
 CALIBRATION_IMAGES, CALIBRATION_BATCH = 64, 8
 CALIBRATION_SEED = 1000  # token batches for text models: a seed neither the benches' inputs nor checks use
 EVAL_BATCH = 32
-KMEANS_CLUSTERS = (16, 32)
+KMEANS_CLUSTERS = (16,)  # the benches' k-means stage; python -m harness.weight_coding --kmeans 16,32 for more
 
 
 # ------------------------------------------------------------------------------------------- data

@@ -61,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--finetune-steps",
         type=int,
         default=None,
-        help="compression: fine-tune steps after pruning and QAT steps (default: quick 30 and 10, full 300 and 300)",
+        help="compression: fine-tune steps after pruning and QAT steps (default: quick 60 and 20, full 300 and 300)",
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,13 @@ def weight_sparsity(model: nn.Module, kinds: tuple[type, ...] = PRUNABLE) -> flo
     return zeros / total if total else 0.0
 
 
-def prune_unstructured(model: nn.Module, config: UnstructuredConfig) -> nn.Module:
-    """A copy of `model` with `config.amount` of its conv/linear weights (globally smallest |w|) set to zero."""
+def prune_unstructured(
+    model: nn.Module, config: UnstructuredConfig, finetune: Callable[[nn.Module], object] | None = None
+) -> nn.Module:
+    """A copy of `model` with `config.amount` of its conv/linear weights (globally smallest |w|) set to zero.
+    `finetune(model)`, when given, trains it while the masks are in place (torch.nn.utils.prune recomputes
+    weight = weight_orig * mask before every forward, so the pruned weights stay zero); then the pruning is made
+    permanent."""
     from torch.nn.utils import prune
 
     if not 0.0 < config.amount < 1.0:
@@ -66,6 +72,8 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig) -> nn.Modul
         if not targets:
             raise PruningError(f"{type(model).__name__} has no Conv2d or Linear layer to prune")
         prune.global_unstructured(targets, pruning_method=prune.L1Unstructured, amount=config.amount)
+        if finetune is not None:
+            finetune(pruned)
         for module, name in targets:
             prune.remove(module, name)  # permanent: weight = weight_orig * mask, the mask dropped
     return pruned.eval()
