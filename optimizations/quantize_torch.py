@@ -213,6 +213,9 @@ def compile_frozen(module: nn.Module, example_inputs: tuple, freezing: bool = Tr
     torch._dynamo.reset()
     compiled = torch.compile(module)
     start = time.perf_counter()
+    # A config patch around the compiling call, not torch.compile(options={"freezing": True}): with torch 2.15 and
+    # torchao 0.18 the options route failed here, its onednn.qconv_prepack nodes still fed by graph inputs instead of
+    # folded frozen weights, in Inductor's fake-tensor pass (the op has no meta kernel).
     with torch._inductor.config.patch(freezing=freezing, **inductor_options):
         compiled(*example_inputs)
     compile_s = time.perf_counter() - start
