@@ -314,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'stage':<22}{'MB':>10}{'x smaller than fp32':>22}")
     print(f"{'fp32':<22}{fp32_bytes / MB:>10.3f}{1.0:>22.2f}")
     print(f"{'this file':<22}{model.stat().st_size / MB:>10.3f}{sizes['size_ratio']:>22.2f}")
+    names = {"quantized": "int8 codes", "compressed": "int8 + Huffman", "zstd": "zstd of the file"}
     for key, value in sizes.items():
         if key.endswith("_size_mb") and key != "size_fp32_mb":
             ratio = sizes.get(key.replace("_size_mb", "_ratio"))
-            print(f"{key.removesuffix('_size_mb'):<22}{value:>10.3f}{ratio:>22.2f}")
+            stage = key.removesuffix("_size_mb")
+            stage = names.get(stage, stage.replace("kmeans", "k-means ") + " + Huffman")
+            print(f"{stage:<22}{value:>10.3f}{ratio:>22.2f}")
     print(f"Huffman: {sizes['huffman_bits_per_code']:.3f} bits per int8 code, round trip {sizes['huffman_roundtrip']}")
     return 0
 

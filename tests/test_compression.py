@@ -315,3 +315,13 @@ def test_report_tables_and_accuracy_latency_plot(tmp_path):
     png = report.plot_accuracy_latency(rows, tmp_path / "acc.png")
     assert png.stat().st_size > 1000
     assert report.plot_accuracy_latency([{**r, "top1": None} for r in rows], tmp_path / "none.png") is None
+
+
+def test_weight_coding_cli_recomputes_sizes_from_a_saved_file(tmp_path, capsys):
+    state = tiny_convnet().state_dict()
+    model = wc.save_state(state, tmp_path / "model.pt")
+    assert wc.main([str(model), "--kmeans", "16", "--out-dir", str(tmp_path / "coding")]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 + Huffman" in printed and "k-means 16 + Huffman" in printed and "round trip exact" in printed
+    assert (tmp_path / "coding" / "int8.huff").is_file() and (tmp_path / "model.pt.zst").is_file()
+    assert wc.main([str(tmp_path / "missing.pt")]) == 2
