@@ -273,7 +273,8 @@ def _fp32_facts(model, ctx: VariantContext) -> dict:
         if params > CODING_MAX_PARAMS:
             path = comp.fp32_file(ctx, model)
             mb = path.stat().st_size / metrics.MB
-            return None, {"model_file": str(path), "size_fp32_mb": mb, "size_ratio": 1.0, "coding": "skipped: large"}
+            facts = {"model_file": str(path.resolve()), "size_fp32_mb": mb, "size_ratio": 1.0}
+            return None, {**facts, "coding": "skipped: large model"}
         model_file, sizes = comp.size_fields(ctx, "fp32", model.state_dict(), model)
         return None, {**sizes, "model_file": str(model_file)}
 

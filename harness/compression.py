@@ -147,7 +147,7 @@ def size_fields(
     """Save `state` (the compressed model as deployed) and measure it: (model file, fields). Fields: the stages of
     harness.weight_coding (int8 codes, Huffman coded with an exact round trip, optional k-means codes, zstd of the
     file) and their ratios to the fp32 file."""
-    folder = artifact_dir(ctx, name)
+    folder = artifact_dir(ctx, name).resolve()
     model_file = weight_coding.save_state(state, folder / "model.pt")
     fp32 = fp32_file(ctx, baseline)
     start = time.perf_counter()
