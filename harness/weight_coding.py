@@ -257,8 +257,9 @@ def stage_sizes(
     coded file and requires the exact codes back."""
     out_dir = Path(out_dir)
     model_bytes = Path(model_file).stat().st_size
+    state = {name: tensor.detach().cpu() for name, tensor in state.items()}  # a CUDA model's too
     quantized = quantize_int8(state)
-    own_int8 = quantized is not None and any(is_code(t) for t in state.values())
+    own_int8 = any(is_code(t) for t in state.values())
     quantized_file = Path(model_file) if own_int8 else save_state(quantized, out_dir / "int8.pt")
     coded_file = out_dir / "int8.huff"
     coded = write_coded(quantized, coded_file)
