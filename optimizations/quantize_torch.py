@@ -66,7 +66,13 @@ def torchao_status() -> dict:
         state = f"FAILED to load {', '.join(failed)}: torchao's C++/CUDA kernels are unavailable"
     else:
         state = f"loaded ({len(shipped)})"
-    return {"torchao": getattr(torchao, "__version__", "unknown"), "torchao_extensions": state}
+    import sys
+
+    # torchao then registers meta kernels for its low-bit CPU ops; in wheels without those ops that import fails
+    # (logged at debug level only). The INT8 paths here use none of them.
+    meta = "registered" if "torchao.csrc_meta_ops" in sys.modules else "not registered (its low-bit CPU ops are absent)"
+    version = getattr(torchao, "__version__", "unknown")
+    return {"torchao": version, "torchao_extensions": state, "torchao_meta_ops": meta}
 
 
 # ------------------------------------------------------------------------------------------- PT2E (static, QAT)
