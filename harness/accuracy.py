@@ -70,8 +70,10 @@ def evaluate(
     return fields
 
 
-def trained_checkpoint(model: str, image_size: int, device: str, data: str = "synthetic") -> Path:
-    """A small model trained once on `data` (one short epoch), cached by its configuration; returns last.pt."""
+def trained_checkpoint(model: str, image_size: int, device: str, data: str = "synthetic", **overrides) -> Path:
+    """A small model trained once on `data` (one short epoch), cached by its configuration; returns last.pt.
+    `overrides` change TrainConfig fields (e.g. teacher, kd_temperature, kd_alpha for a distilled student trained
+    on the same data and budget); they are part of the cache key."""
     from harness.train import TrainConfig, train
 
     config = TrainConfig(
@@ -85,9 +87,16 @@ def trained_checkpoint(model: str, image_size: int, device: str, data: str = "sy
         device=device,
         quiet=True,
     )
+    if overrides:
+        from dataclasses import replace as replace_fields
+
+        config = replace_fields(config, **overrides)
     fields = {**asdict(config), "torch": torch.__version__}
+    if not overrides:  # the key of the checkpoints trained before distillation existed: keep them valid
+        fields = {k: v for k, v in fields.items() if k not in ("teacher", "kd_temperature", "kd_alpha")}
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-    out_dir = Path(CHECKPOINT_DIR) / f"{model}-{data.replace(':', '_').replace('/', '_')}-{image_size}-{key}"
+    kind = "-distilled" if overrides.get("teacher") else ""
+    out_dir = Path(CHECKPOINT_DIR) / f"{model}{kind}-{data.replace(':', '_').replace('/', '_')}-{image_size}-{key}"
     checkpoint = out_dir / "last.pt"
     if not checkpoint.is_file():
         from dataclasses import replace

@@ -44,6 +44,8 @@ class Profile:
     # Left out to keep the profile short, collected and skipped with the reason: bench test function (or family) ->
     # variant names ("*": the whole function). --variants NAME runs a left-out variant anyway.
     left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    finetune_steps: int = 60  # compression: fine-tune steps after pruning (training images of --data, batch 32)
+    qat_steps: int = 20  # compression: quantization-aware training steps (each costs ~3 plain steps on a CPU)
 
 
 ALL_MODELS = (
@@ -79,10 +81,16 @@ PROFILES = {
         kernel_sizes=(2**16, 2**20),
         kernel_dtypes=("fp32",),
         accuracy_models=("resnet18", "resnet50"),
-        family_models={"onnxruntime": ("resnet18", "resnet50", "bert-base"), "distributed": ("convnext-seed",)},
+        family_models={
+            "onnxruntime": ("resnet18", "resnet50", "bert-base"),
+            "distributed": ("convnext-seed",),
+            "compression": ("resnet18",),
+        },
         family_batch_sizes={},
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
+        finetune_steps=60,
+        qat_steps=20,
     ),
     "full": Profile(
         name="full",
@@ -105,10 +113,13 @@ PROFILES = {
             "onnxruntime": DEPLOYMENT_BATCH_SIZES,
             "tensorrt": DEPLOYMENT_BATCH_SIZES,
             "distributed": DISTRIBUTED_BATCH_SIZES,
+            "compression": DEPLOYMENT_BATCH_SIZES,
         },
         compile_training_activations=True,
         summary="the seeds' settings: images 224x224, batch sizes 1 and 64 (deployment benches: densenet121 at "
         "1-32, bert-base at 1-256), every model and variant",
+        finetune_steps=300,
+        qat_steps=300,
     ),
 }
 

@@ -16,7 +16,7 @@ import torch
 
 from harness import energy, metrics, timing
 from harness.axes import Profile
-from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_training
+from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_accuracy, check_training
 from harness.variant import Variant, VariantContext
 from models.registry import ModelSpec, build_model, count_parameters
 
@@ -58,6 +58,7 @@ class Baseline:
     trained: bool  # weights trained on the data source's labels: accuracy columns for every variant
     inputs_from: str = "random"  # what the checks and timings run on
     eager: timing.Summary | None = None
+    compiled: timing.Summary | None = None  # torch.compile of the same model, for speedup_vs_compiled
 
 
 @dataclass
@@ -183,6 +184,22 @@ class BaselineCache:
                 )
         return base.eager
 
+    def compiled_summary(self, case: Case) -> timing.Summary:
+        """The same model compiled (fp32, Inductor default), timed once per group: the `compile` row's own timing
+        when it ran, else measured here (its compilation outside any timing)."""
+        base = self.get(case)
+        if base.compiled is None:
+            from harness.variant import compile_runner
+
+            ctx = VariantContext(self.settings.device, torch.float32, case.spec, self.settings.image_size)
+            with torch.inference_mode():
+                runner = compile_runner(base.model, base.inputs, ctx)
+                runner(*base.inputs)
+                base.compiled = measure_rounds(
+                    lambda: runner(*base.inputs), timing.synchronizer(self.settings.device), self.settings.profile
+                )
+        return base.compiled
+
 
 def image_size_of(spec: ModelSpec, image_size: int) -> int:
     """The input size a model runs at: its own when its spec fixes one (a user's model), else the run's."""
@@ -216,7 +233,9 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
     variant = case.variant
     dtype = variant.torch_dtype(case.device)
     size = image_size_of(case.spec, settings.image_size)
-    ctx = VariantContext(case.device, dtype, case.spec, size, settings.data)
+    ctx = VariantContext(
+        case.device, dtype, case.spec, size, settings.data, settings.profile, settings.eval_samples, base.weights
+    )
     sync = timing.synchronizer(case.device)
     try:
         is_cuda = torch.device(case.device).type == "cuda"
@@ -232,16 +251,31 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
             # (export, INT8 calibration, compilation): the peaks restart here, the build's are kept apart.
             build_host_mb, build_device_mb = host.reset(), device_peak.reset()
             runner.verify()
-            check = CHECKS[variant.check](out, base.reference, dtype, label=case.id)
+            accuracy = None
+            if variant.check == "accuracy":  # judged by top-1 on held-out images, before any timing
+                accuracy = accuracy_fields(runner, base, case, settings)
+                check = check_accuracy(out, base.reference, accuracy, runner.fields, label=case.id)
+            else:
+                check = CHECKS[variant.check](out, base.reference, dtype, label=case.id)
             del out
             summary = measure_rounds(lambda: runner(*inputs), sync, settings.profile, run, meter)
     except torch.OutOfMemoryError as error:
         raise out_of_memory(case, error) from None
     if variant.name == "eager":
         base.eager = summary
+    if variant.name == "compile" and case.family == "compression":
+        base.compiled = summary
     eager = baselines.eager_summary(case)
     peak_device_mb = device_peak.peak_mb if runner.device_memory == "torch" or not is_cuda else nvml.peak_mb
-    accuracy = accuracy_fields(runner, base, case, settings)
+    if accuracy is None:
+        accuracy = accuracy_fields(runner, base, case, settings)
+    vs_compiled = {}
+    if variant.vs_compiled:
+        compiled = baselines.compiled_summary(case)
+        vs_compiled = {
+            "compiled_median_ms": compiled.median_ms,
+            "speedup_vs_compiled": timing.speedup(compiled.median_ms, summary.median_ms),
+        }
     model_size = (
         metrics.files_bytes(*runner.artifact_files)
         if runner.artifact_files
@@ -267,8 +301,10 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
         "threads": torch.get_num_threads(),
         **check.as_extra_info(),
         **accuracy,
+        **vs_compiled,
         **{f"info_{k}": v for k, v in runner.info.items()},
         **meter.fields(summary.rounds * case.batch_size),
+        **runner.fields,  # what the variant measured of itself (a pruned model's params, gflops, build_s...)
     }
     if trace is not None:
         with torch.inference_mode():

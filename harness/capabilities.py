@@ -72,6 +72,12 @@ REQUIREMENTS = {
     ),
     "trt": (lambda: has_module("tensorrt"), "needs tensorrt: pip install -e .[trt] (from NVIDIA's package index)"),
     "torchrun": (lambda: _torchrun_problem() is None, lambda: _torchrun_problem()),
+    "torchao": (lambda: has_module("torchao"), "needs torchao: pip install -e . (or pip install 'torchao>=0.17')"),
+    "pruning": (
+        lambda: has_module("torch_pruning"),
+        "needs torch-pruning: pip install -e . (or pip install torch-pruning)",
+    ),
+    "sm80": (lambda: sm_at_least(8, 0), "needs a CUDA GPU of compute capability >= 8.0 (2:4 sparse tensor cores)"),
 }
 
 

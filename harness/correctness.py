@@ -4,12 +4,20 @@
   output's magnitude (whole networks with random weights have logits of any scale).
 - lowp: reduced-precision variants; cosine similarity with the fp32 reference >= 0.99 for whole networks.
 - lossy: INT8, pruning, approximate activations; SQNR >= 20 dB (and top-1 agreement where it is a classifier).
+- accuracy: variants that change the function on purpose (channel or magnitude pruning with or without a
+  fine-tune, distillation): their outputs are not meant to match eager's, so they are judged where it matters, by
+  top-1 on labelled evaluation images that no fine-tune or calibration ever saw: at most ACCURACY_MAX_TOP1_DROP
+  below the uncompressed model's top-1 on the same images (or below the variant's own `reference_top1`, e.g. the
+  student trained alone for a distilled one). Output error against eager (SQNR, cosine) is reported, not gated.
+  Without labels (2:4 sparse BERT) the variant's kernels must match the same pruned model run with dense kernels:
+  `kernel_cosine` >= LOWP_MIN_COSINE. That the pruning engaged (real sparsity, really narrower layers) is each
+  variant's verify().
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +30,9 @@ EXACT_TOLERANCE = {
 }
 LOWP_MIN_COSINE = 0.99
 LOSSY_MIN_SQNR_DB = 20.0
+# accuracy criterion: a compressed model that loses more than 10 points of top-1 against the uncompressed model is
+# broken, not a trade-off; the row reports the exact drop (`top1_drop`), which the issue's targets hold to 3 points.
+ACCURACY_MAX_TOP1_DROP = 0.10
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,7 @@ class CheckResult:
     rel_err: float  # ||out - ref|| / ||ref||
     cosine: float
     sqnr_db: float
+    details: dict = field(default_factory=dict)  # criterion-specific figures, e.g. the accuracy criterion's drop
 
     def as_extra_info(self) -> dict:
         return {
@@ -39,6 +51,7 @@ class CheckResult:
             "rel_err": self.rel_err,
             "cosine": self.cosine,
             "sqnr_db": self.sqnr_db,
+            **self.details,
         }
 
 
@@ -109,6 +122,37 @@ def check_lossy(out: object, ref: object, dtype: torch.dtype | None = None, labe
             f"{label} [lossy] SQNR {result.sqnr_db:.2f} dB < {LOSSY_MIN_SQNR_DB} dB (cosine {result.cosine:.5f})"
         )
     return result
+
+
+def check_accuracy(out: object, ref: object, accuracy: dict, fields: dict, label: str = "") -> CheckResult:
+    """The accuracy criterion (see the module docstring). `accuracy`: the variant's accuracy fields on evaluation
+    images (top1, eager_top1 from harness.accuracy.evaluate); `fields`: what the variant measured of itself
+    (`reference_top1` to compare with instead of eager's, or `kernel_cosine` for an unlabelled model)."""
+    from dataclasses import replace
+
+    result = measure_error(out, ref, "accuracy")
+    if accuracy.get("top1") is not None:
+        reference = fields.get("reference_top1", accuracy.get("eager_top1"))
+        drop = reference - accuracy["top1"]
+        if not drop <= ACCURACY_MAX_TOP1_DROP:
+            raise CorrectnessError(
+                f"{label} [accuracy] top-1 {accuracy['top1']:.1%} on {accuracy.get('eval_images')} held-out images is "
+                f"{100 * drop:.1f} points below the reference's {reference:.1%} "
+                f"(allowed {100 * ACCURACY_MAX_TOP1_DROP:.0f}; SQNR vs eager {result.sqnr_db:.1f} dB)"
+            )
+        return replace(result, details={"top1_drop": drop, "reference_top1": reference})
+    cosine = fields.get("kernel_cosine")
+    if cosine is not None:
+        if not cosine >= LOWP_MIN_COSINE:
+            raise CorrectnessError(
+                f"{label} [accuracy] the sparse kernels' output has cosine {cosine:.5f} with the same pruned model "
+                f"run dense (< {LOWP_MIN_COSINE})"
+            )
+        return replace(result, details={"kernel_cosine": cosine})
+    raise CorrectnessError(
+        f"{label} [accuracy] nothing to judge it by: it needs trained weights and labelled evaluation images "
+        "(--checkpoint, or a model the profile trains), or a kernel_cosine"
+    )
 
 
 def top1_agreement(logits: torch.Tensor, ref_logits: torch.Tensor) -> float:

@@ -118,6 +118,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="USD",
         help="what the machine costs per hour: adds usd_per_million_samples to every row",
     )
+    group.addoption(
+        "--finetune-steps",
+        type=int,
+        default=None,
+        help="compression: fine-tune steps after pruning and QAT steps (default: quick 60 and 20, full 300 and 300)",
+    )
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -168,6 +174,11 @@ def _settings(config: pytest.Config) -> Settings:
         batch_sizes=tuple(int(b) for b in batches) if batches else profile.batch_sizes,
         compile_models=profile.compile_models if models is None else None,
     )
+    steps = config.getoption("--finetune-steps")
+    if steps is not None:
+        if steps < 1:
+            raise pytest.UsageError(f"--finetune-steps {steps}: give a positive number of steps")
+        profile = replace(profile, finetune_steps=steps, qat_steps=steps)
     data = config.getoption("--data") or checkpoint.get("data") or "synthetic"
     try:
         from harness.data import parse_source
@@ -247,11 +258,16 @@ MARKERS = {
     "trt": "needs tensorrt (pip install nn-speedups[trt])",
     "slow": "long-running; runs in --profile full",
     "torchrun": "needs torch.distributed and torchrun (the distributed bench); skipped with the reason",
+    "torchao": "needs torchao (PyTorch INT8, 2:4 sparsity)",
+    "pruning": "needs torch-pruning (structured channel pruning)",
+    "sm80": "needs a CUDA GPU of compute capability >= 8.0",
+    "cpu": "a CPU-only path; skipped with --device cuda",
 }
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # the suite's markers, for a project that runs the installed benches (`pytest --pyargs benches`) from its own ini
+    # the suite's closed marker set (--strict-markers), registered here for this repository and for a project that
+    # runs the installed benches (`pytest --pyargs benches`) from its own ini
     known = {line.split(":")[0].strip() for line in config.getini("markers")}
     for name, text in MARKERS.items():
         if name not in known:
@@ -337,6 +353,8 @@ def _skip_reason(
         )
     if profile.gpu_paths_only and settings.device == "cpu":
         return f"the smoke profile runs {variant.name} only as the baseline of the GPU-only variants (needs CUDA)"
+    if "cpu" in variant.marks and settings.device != "cpu":
+        return f"{variant.name} is a CPU path (it lowers to oneDNN through X86InductorQuantizer): run with --device cpu"
     reason = variant.unsuitable(case.spec) or _spec_reason(case, training)
     if reason:
         return reason
@@ -360,6 +378,12 @@ def _skip_reason(
             f"{variant.name} is left out of the {profile.name} profile to keep it short; --profile full or "
             f"--variants {variant.name} runs it"
         )
+    if variant.trained_only and not _has_trained_weights(case, settings):
+        return (
+            f"{variant.name} is judged by top-1 on labelled images and needs trained weights: {case.spec.name} has "
+            f"none here (pass --checkpoint PATH, or run a model the {profile.name} profile trains: "
+            f"{', '.join(profile.accuracy_models)})"
+        )
     return None
 
 
@@ -380,6 +404,15 @@ def _spec_reason(case: Case, training: bool) -> str | None:
 
 def _user_named(config: pytest.Config) -> bool:
     return bool(config.getoption("--model") or config.getoption("--onnx"))
+
+
+def _has_trained_weights(case: Case, settings: Settings) -> bool:
+    """Whether the case's model gets weights trained on the data's labels (the accuracy columns' condition)."""
+    if not case.spec.num_classes or "vision" not in case.spec.tags or case.activation:
+        return False
+    if settings.weights is None:
+        return case.spec.name in settings.profile.accuracy_models
+    return settings.weights not in ("", "random", "pretrained")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -169,6 +169,12 @@ def _check_cell(row: dict) -> str:
                 f", top-1 agrees {row['top1_agreement']:.1%} of {row['eval_images']} ({row['distinct_top1']} classes)"
             )
         return cell + ")"
+    if row.get("check") == "accuracy":
+        if row.get("top1_drop") is not None:
+            drop, reference = -100 * row["top1_drop"], row["reference_top1"]
+            return f"accuracy (top-1 {drop:+.1f} pts vs {reference:.1%}; {row['sqnr_db']:.1f} dB)"
+        if row.get("kernel_cosine") is not None:
+            return f"accuracy (sparse vs dense kernels cos {row['kernel_cosine']:.4f})"
     return row.get("check") or "-"
 
 
@@ -202,7 +208,7 @@ def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
 def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
     """Seed 004's table for the deployment families: technique x batch, with size, memory, latency, throughput."""
     tables = []
-    for family in ("onnxruntime", "tensorrt"):
+    for family in ("onnxruntime", "tensorrt", "compression"):
         for model in sorted({r["model"] for r in table_rows if r.get("family") == family}):
             picked = sorted(
                 (r for r in table_rows if r.get("family") == family and r["model"] == model),
@@ -229,6 +235,116 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
                 (f"{family}: {model}, per technique and batch (seed 004's table)", _markdown_table(header, body))
             )
     return tables
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def compression_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """The compression family per model: what each variant costs and saves. Sizes are the files saved (the fp32
+    state dict, the compressed model, its int8 codes, those Huffman coded, k-means codes, zstd of the file), with
+    their ratios to the fp32 file; accuracy before and after the fine-tune; speed-ups at the largest batch."""
+    picked = [r for r in table_rows if r.get("family") == "compression" and "teacher_median_ms" not in r]
+    tables = []
+    for model in sorted({r["model"] for r in picked}):
+        mine = [r for r in picked if r["model"] == model]
+        batch = max(r["batch_size"] for r in mine)
+        header = ["variant", "params M", "GFLOPs/image", "file MB (x)", "int8 MB (x)", "Huffman MB (x)",
+                  "k-means 16 / 32 MB", "zstd MB (x)", "sparsity", "top-1 before / after fine-tune", "top-1",
+                  f"BS {batch} vs eager", f"BS {batch} vs compiled", "build s"]  # fmt: skip
+        body = []
+        for label in dict.fromkeys(_label(r) for r in mine):
+            rows_ = [r for r in mine if _label(r) == label]
+            r = next((x for x in rows_ if x["batch_size"] == batch), rows_[0])
+            k16, k32 = r.get("kmeans16_size_mb"), r.get("kmeans32_size_mb")
+            before, after = r.get("top1_before_finetune"), r.get("top1_after_finetune")
+            body.append(
+                [
+                    label,
+                    _fmt(r["params"] / 1e6 if r.get("params") else None),
+                    _fmt(r["gflops"] / r["batch_size"] if r.get("gflops") else None, 3),
+                    f"{_fmt(r.get('model_size_mb'), 2)} ({_ratio(r.get('size_ratio'))})",
+                    f"{_fmt(r.get('quantized_size_mb'), 2)} ({_ratio(r.get('quantized_ratio'))})",
+                    f"{_fmt(r.get('compressed_size_mb'), 2)} ({_ratio(r.get('compressed_ratio'))})",
+                    f"{_fmt(k16, 2)} / {_fmt(k32, 2)}" if k16 or k32 else "-",
+                    f"{_fmt(r.get('zstd_size_mb'), 2)} ({_ratio(r.get('zstd_ratio'))})",
+                    _pct(r.get("sparsity")),
+                    f"{_pct(before)} / {_pct(after)}" if before is not None else "-",
+                    _pct(r.get("top1")),
+                    _fmt(r.get("speedup_vs_eager")) + "x",
+                    _ratio(r.get("speedup_vs_compiled")),
+                    _fmt(r.get("build_s"), 1),
+                ]
+            )
+        fp32 = next((r.get("size_fp32_mb") for r in mine if r.get("size_fp32_mb")), None)
+        note = f"\nfp32 file: {_fmt(fp32, 2)} MB; (x) = times smaller than it.\n" if fp32 else ""
+        tables.append((f"compression: {model}, sizes, accuracy and speed-ups", _markdown_table(header, body) + note))
+    return tables
+
+
+def distillation_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """Distilled students against the same student trained alone (same data, same budget) and the teacher."""
+    picked = [r for r in table_rows if "teacher_median_ms" in r]
+    if not picked:
+        return []
+    header = ["student", "variant", "batch", "top-1 distilled", "top-1 trained alone", "teacher top-1",
+              "student ms", "teacher ms", "student speed-up vs teacher"]  # fmt: skip
+    body = [
+        [
+            r["model"],
+            _label(r),
+            str(r["batch_size"]),
+            _pct(r.get("top1")),
+            _pct(r.get("student_alone_top1")),
+            _pct(r.get("teacher_top1")),
+            _fmt(r.get("student_median_ms")),
+            _fmt(r.get("teacher_median_ms")),
+            _ratio(r.get("student_speedup_vs_teacher")),
+        ]
+        for r in picked
+    ]
+    return [("distillation: students against the teacher", _markdown_table(header, body))]
+
+
+def plot_accuracy_latency(run_rows: list[dict], path: Path) -> Path | None:
+    """Top-1 against median latency, one panel per model and batch size, every variant of every family that has
+    both (accuracy columns need trained weights), labelled family:variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in run_rows if r.get("top1") is not None and r.get("median_ms")]
+    if not points:
+        return None
+    panels = sorted({(r["model"], r["batch_size"]) for r in points})
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4 * nrows), squeeze=False)
+    families = sorted({r.get("family", "") for r in points})
+    colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
+    for ax, (model, batch) in zip(axes.flat, panels):
+        mine = [r for r in points if (r["model"], r["batch_size"]) == (model, batch)]
+        for family in families:
+            xs = [r["median_ms"] for r in mine if r.get("family", "") == family]
+            ys = [100 * r["top1"] for r in mine if r.get("family", "") == family]
+            if xs:
+                ax.scatter(xs, ys, color=colours[family], label=family, s=22)
+        for r in mine:
+            ax.annotate(_label(r), (r["median_ms"], 100 * r["top1"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(f"{model}, batch {batch}", fontsize=9)
+        ax.set_xlabel("median latency ms (log)")
+        ax.set_ylabel("top-1 %")
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def operator_charts(table_rows: list[dict]) -> list[tuple[str, str]]:
@@ -458,6 +574,7 @@ def render_tables(run: dict, baseline: dict | None = None, link_base: Path | Non
     run_rows = rows(run)
     text = [f"Machine: {_machine_line(run)}\n"]
     sections = model_tables(run_rows) + activation_table(run_rows) + deployment_table(run_rows)
+    sections += compression_tables(run_rows) + distillation_tables(run_rows)
     sections += kernel_tables(run_rows) + training_tables(run_rows) + distributed_tables(run_rows)
     sections += trace_report.sections(run_rows, link_base)
     for title, table in sections + operator_charts(run_rows):
@@ -594,6 +711,10 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
         scaling_png = plot_scaling(run_rows, base.parent / f"{base.name}-scaling.png")
         paths.append(scaling_png)
         md.write_text(md.read_text() + f"\n![data-parallel scaling against the ideal line]({scaling_png.name})\n")
+    accuracy_png = plot_accuracy_latency(model_rows, base.parent / f"{base.name}-accuracy-latency.png")
+    if accuracy_png is not None:
+        paths.append(accuracy_png)
+        md.write_text(md.read_text() + f"\n![top-1 against latency, per model and batch]({accuracy_png.name})\n")
     if run_rows:
         ops_png = plot_operator_charts(run_rows, base.parent / f"{base.name}-onnx-ops.png")
         if ops_png is not None:

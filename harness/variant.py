@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.axes import DTYPES, low_precision
+from harness.axes import DTYPES, Profile, low_precision
 from models.registry import ModelSpec
 from optimizations.base import Runner
 
@@ -21,6 +21,9 @@ class VariantContext:
     spec: ModelSpec
     image_size: int
     data: str = "synthetic"  # the data source, for calibration images
+    profile: Profile | None = None  # the run's profile (e.g. its fine-tune steps)
+    eval_samples: int = 128  # evaluation images for accuracy (variants that measure it while they build)
+    weights: str = "random"  # where the baseline's weights came from ("random" or a file)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Variant:
     only: str | None = None  # a ModelSpec tag the model must carry, e.g. "conv" or "nlp"
     compiles: bool = False  # subject to the profile's compile_models
     onnx_file: bool = False  # also runs on a model given as an ONNX file (--onnx), which has no torch model
+    trained_only: bool = False  # judged by top-1 on labelled images: skipped where the weights are not trained
+    vs_compiled: bool = False  # also report speedup_vs_compiled (over the same model compiled, uncompressed)
 
     def dtype_name(self, device: str) -> str:
         return low_precision(device) if self.dtype == "lowp" else self.dtype

@@ -36,5 +36,5 @@ def _torchvision(arch: str, conv: bool = True) -> ModelSpec:
     )
 
 
-for _arch in ("resnet18", "resnet50", "densenet121", "mobilenet_v3_large", "convnext_tiny"):
+for _arch in ("resnet18", "resnet50", "densenet121", "mobilenet_v3_large", "shufflenet_v2_x1_0", "convnext_tiny"):
     register(_torchvision(_arch))

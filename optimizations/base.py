@@ -28,6 +28,9 @@ class Runner:
         inputs `steps` times (after one warm-up) under the engine's own profiler (ONNX Runtime's session profiling,
         TensorRT's IProfiler) and returns {"source", "steps", "ops": [{"name", "op", "us", "bytes"}], "trace_file",
         "kernels_counted"}; used by harness.trace in its untimed pass, never while timing.
+    fields: figures the optimization measured itself, kept in the record as they are (not prefixed like info) and
+        taking precedence over the harness's generic ones: e.g. a pruned model's own params and gflops, build_s,
+        the top-1 before and after a fine-tune.
     """
 
     fn: Callable[..., Any]
@@ -38,6 +41,7 @@ class Runner:
     info: dict = field(default_factory=dict)
     device_memory: str = "torch"
     engine_profile: Callable[..., dict] | None = None
+    fields: dict = field(default_factory=dict)
 
     def __call__(self, *inputs: Any) -> Any:
         return self.fn(*inputs)

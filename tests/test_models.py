@@ -10,6 +10,7 @@ EXPECTED_MODELS = {
     "resnet50",
     "densenet121",
     "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
     "convnext_tiny",
     "bert-base",
 }

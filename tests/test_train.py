@@ -171,6 +171,7 @@ def test_split_compile_time():
         ("resnet18", lambda m: m.fc),
         ("densenet121", lambda m: m.classifier),
         ("mobilenet_v3_large", lambda m: m.classifier[-1]),
+        ("shufflenet_v2_x1_0", lambda m: m.fc),
         ("convnext-seed", lambda m: m.fc),
     ],
 )

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quiet", action="store_true", help="no progress bar, no per-epoch lines")
     add("--dist-timeout", dest="dist_timeout_s", type=float, default=defaults["dist_timeout_s"],
         help="torchrun runs: seconds a collective may wait for a rank before failing (default: 1800)")  # fmt: skip
+    add("--teacher", default=None, help="knowledge distillation from this harness.train checkpoint (Hinton's loss)")
+    add("--kd-temperature", type=float, default=defaults["kd_temperature"], help="KD temperature T (default: 4)")
+    add("--kd-alpha", type=float, default=defaults["kd_alpha"], help="KD soft-target weight alpha (default: 0.9)")
     return parser
 
 

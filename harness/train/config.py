@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-IDENTITY_FIELDS = ("model", "data", "image_size", "num_classes", "activation", "ghost_batch_size", "train_samples")
+IDENTITY_FIELDS = (
+    "model", "data", "image_size", "num_classes", "activation", "ghost_batch_size", "train_samples", "teacher",
+)  # fmt: skip
 DEFAULT_OUT_ROOT = Path("artifacts") / "train"
 
 
@@ -43,6 +45,11 @@ class TrainConfig:
     log_every: int = 100  # a log line every N steps when no progress bar is shown (0: never)
     dist_timeout_s: float = 1800.0  # under torchrun: a collective waiting longer raises (a rank died or hangs)
     quiet: bool = False
+    teacher: str | None = (
+        None  # knowledge distillation: a harness.train checkpoint of the teacher (harness.train.losses)
+    )
+    kd_temperature: float = 4.0  # KD: softmax temperature T of the soft targets (the loss carries T^2)
+    kd_alpha: float = 0.9  # KD: weight of the soft-target term; 1 - alpha weighs the hard-label cross-entropy
 
 
 def check_config(config: TrainConfig) -> None:
@@ -64,6 +71,10 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"--ghost-batch-size {config.ghost_batch_size} must divide --batch-size {config.batch_size} "
             f"(every ghost batch the same size)"
+        )
+    if config.kd_temperature <= 0 or not 0.0 <= config.kd_alpha <= 1.0:
+        raise ConfigError(
+            f"need --kd-temperature > 0 and 0 <= --kd-alpha <= 1, got {config.kd_temperature} and {config.kd_alpha}"
         )
     if config.resume is not None and config.resume == "auto" and config.out_dir is None:
         raise ConfigError("--resume auto needs --out-dir (it resumes from OUT_DIR/last.pt)")

@@ -25,6 +25,7 @@ from harness.train import distributed as dp
 from harness.train.build import build_model, build_optimizer, build_splits, resolve_device
 from harness.train.config import TrainConfig, check_config
 from harness.train.log import Progress, say
+from harness.train.losses import build_criterion
 from harness.train.schedule import effective_lr, lr_at_step, warmup_steps
 
 
@@ -55,6 +56,7 @@ class Trainer:
         self.splits = build_splits(config)
         self.model, self.parameters, self.ghost_layers = build_model(config, self.splits.num_classes, self.device)
         self.optimizer, self.fused = build_optimizer(config, self.model, self.world_size)
+        self.criterion = build_criterion(config, self.splits.num_classes, self.device)  # CE, or KD with --teacher
         cuda = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if config.amp and cuda else None
         self.amp_dtype = (torch.float16 if cuda else torch.bfloat16) if config.amp else None
@@ -143,7 +145,7 @@ class Trainer:
                 group["lr"] = lr
             start = time.perf_counter()
             with self._autocast():
-                loss = F.cross_entropy(self.train_runner(images), labels)
+                loss = self.criterion(self.train_runner(images), labels, images)
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
