@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
+from harness.distributed import Rank
 from harness.train.config import ConfigError, TrainConfig
 
 
@@ -39,16 +40,8 @@ class ShardSampler(Sampler[int]):
 
 
 @dataclass(frozen=True)
-class DistContext:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class DistContext(Rank):
+    """This rank of a training run (harness.distributed.Rank) and what the training loop does with it."""
 
     def wrap(self, model: nn.Module, compile: bool) -> nn.Module:
         from torch.nn.parallel import DistributedDataParallel
