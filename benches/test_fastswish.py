@@ -74,8 +74,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks = [
                 pytest.mark.skip(reason="the smoke profile times the compiled Triton kernels: needs a CUDA device")
             ]
+
+    def left_out(mode: str) -> list:
+        if mode in settings.profile.kernel_modes:
+            return []
+        reason = f"{mode} alone is left out of the {settings.profile.name} profile to keep it short; --profile full"
+        return [pytest.mark.skip(reason=reason + " runs it")]
+
     params = [
-        pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}", marks=marks)
+        pytest.param(impl, mode, dtype, n, id=f"{impl}-{mode}-{dtype}-n{_count(n)}", marks=marks or left_out(mode))
         for impl in implementations
         for mode in BYTES_PER_ELEMENT_MOVED
         for dtype in settings.profile.kernel_dtypes

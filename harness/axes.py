@@ -35,14 +35,15 @@ class Profile:
     train_batch_sizes: tuple[int, ...]  # the training benches' batch sizes
     kernel_sizes: tuple[int, ...]  # elements per tensor in the kernel-level benches
     kernel_dtypes: tuple[str, ...]  # dtypes of the kernel-level benches
+    kernel_modes: tuple[str, ...]  # passes of the kernel-level benches: fwd, bwd, fwd+bwd (MODES)
     accuracy_models: tuple[str, ...]  # without --weights: trained once on --data so accuracy columns mean something
     family_models: dict[str, tuple[str, ...]]  # per bench family, the models it runs (others: `models`)
     family_batch_sizes: dict[str, dict[str, tuple[int, ...]]]  # per bench function or family, and model: batches
     compile_training_activations: bool  # compiled training steps of swapped activations (minutes each on a CPU)
     summary: str  # what the profile leaves out, for --help and the README
     gpu_paths_only: bool = False  # smoke: only the GPU-only variants (and their baselines), once each, small
-    # Left out to keep the profile short, collected and skipped with the reason: bench test function (or family) ->
-    # variant names ("*": the whole function). --variants NAME runs a left-out variant anyway.
+    # Left out to keep the profile short, collected and skipped with the reason: bench test function, family or
+    # family/model -> variant names ("*": the whole function). --variants NAME runs a left-out variant anyway.
     left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
     finetune_steps: int = 60  # compression: fine-tune steps after pruning (training images of --data, batch 32)
     qat_steps: int = 20  # compression: quantization-aware training steps (each costs ~3 plain steps on a CPU)
@@ -54,6 +55,7 @@ ALL_MODELS = (
     "resnet50",
     "densenet121",
     "mobilenet_v3_large",
+    "shufflenet_v2_x1_0",
     "convnext_tiny",
     "bert-base",
 )
@@ -78,19 +80,32 @@ PROFILES = {
         run_slow=False,
         train_image_size=64,
         train_batch_sizes=(16,),
-        kernel_sizes=(2**16, 2**20),
+        kernel_sizes=(2**16, 2**23),  # cache-resident, and a copy of 64 MB: twice the dev CPU's 32 MB last-level cache
         kernel_dtypes=("fp32",),
-        accuracy_models=("resnet18", "resnet50"),
+        kernel_modes=("fwd", "fwd+bwd"),
+        accuracy_models=("resnet18",),
+        # A first run on a CPU should show the whole picture within about ten minutes (make bench): each family on
+        # the models that tell most, the rest collected and skipped with the reason (--models or --profile full).
         family_models={
-            "onnxruntime": ("resnet18", "resnet50", "bert-base"),
+            "inference": ("convnext-seed", "resnet18", "resnet50", "bert-base"),
+            "onnxruntime": ("resnet18", "bert-base"),
             "distributed": ("convnext-seed",),
             "compression": ("resnet18",),
         },
-        family_batch_sizes={},
+        family_batch_sizes={"test_model_inference": {"convnext-seed": (8,)}},
         compile_training_activations=False,
-        summary="images 128x128, batch sizes 1 and 8, compiled variants for convnext-seed only, no slow variants",
-        finetune_steps=60,
-        qat_steps=20,
+        summary="images 128x128, batch sizes 1 and 8, a few telling models per family, compiled variants for "
+        "convnext-seed only, no slow variants",
+        left_out={
+            "inference": ("compile-amp",),  # channels-last-compile-amp, the faster of the two on a CPU, runs
+            "test_training_activation": ("*",),  # the FastSwish family trains each activation in quick
+            "onnxruntime": ("ort-cpu-opt-basic", "ort-cpu-opt-extended"),  # ort-cpu (all) and -opt-disabled run
+            "onnxruntime/bert-base": ("ort-int8-minmax", "ort-cpu-opt-disabled"),  # dynamic INT8 runs (QDQ: TRT's)
+            "training": ("channels-last-compile-amp", "fused-adamw"),  # the seed's table: compile, AMP, both
+            "distributed": ("ddp-amp",),  # ddp and ddp-bf16-compress (the communication-side saving) run
+        },
+        finetune_steps=30,
+        qat_steps=8,
     ),
     "full": Profile(
         name="full",
@@ -107,6 +122,7 @@ PROFILES = {
         train_batch_sizes=(128,),
         kernel_sizes=(2**16, 2**20, 2**24, 2**26, 2**28),
         kernel_dtypes=("fp32", "bf16"),
+        kernel_modes=MODES,
         accuracy_models=("resnet18", "resnet50", "densenet121"),
         family_models={},
         family_batch_sizes={
@@ -132,7 +148,7 @@ PROFILES["smoke"] = Profile(
     name="smoke",
     image_size=64,
     batch_sizes=(2,),
-    models=("resnet18", "convnext-seed"),
+    models=("resnet18", "convnext-seed", "bert-base"),
     compile_models=None,
     timing_budget_s=0.2,
     min_rounds=3,
@@ -143,12 +159,17 @@ PROFILES["smoke"] = Profile(
     train_batch_sizes=(4,),
     kernel_sizes=(2**20,),
     kernel_dtypes=("fp32",),
+    kernel_modes=MODES,
     accuracy_models=(),
-    family_models={family: ("resnet18",) for family in ("inference", "onnxruntime", "tensorrt")},
+    family_models={
+        **{family: ("resnet18",) for family in ("inference", "onnxruntime", "tensorrt")},
+        **{family: ("convnext-seed",) for family in ("training", "distributed")},
+        "compression": ("bert-base",),  # sparse-2to4 (2:4 sparse tensor cores) applies to transformers
+    },
     family_batch_sizes={},
     compile_training_activations=False,
-    summary="every GPU-only path once, small (resnet18 at 64x64, batch 2; training: convnext-seed): a first GPU "
-    "machine's proof; on a CPU each skips with its reason",
+    summary="every GPU-only path once, small (resnet18 at 64x64, batch 2; training and distributed: convnext-seed; "
+    "2:4 sparsity: bert-base): a first GPU machine's proof; on a CPU each skips with its reason",
     gpu_paths_only=True,
 )
 

@@ -370,7 +370,8 @@ def _skip_reason(
         )
     if "slow" in variant.marks and not profile.run_slow:
         return f"{variant.name} is slow: it runs in --profile full"
-    left_out = profile.left_out.get(function, ()) + profile.left_out.get(case.family, ())
+    keys = (function, case.family, f"{case.family}/{case.spec.name}")
+    left_out = tuple(name for key in keys for name in profile.left_out.get(key, ()))
     if "*" in left_out:
         return f"{function} is left out of the {profile.name} profile to keep it short; --profile full runs it"
     if variant.name in left_out and variant.name not in named:

@@ -181,7 +181,9 @@ def test_smoke_profile_lists_every_gpu_only_path_and_on_a_cpu_skips_each_with_it
     summary = out[out.index("nn-speedups smoke: every GPU-only path") :]
     for case in ("test_inference[resnet18-bs2-compile-cudagraphs-fp32]", "test_inference[resnet18-bs2-amp-fp16]",
                  "test_onnxruntime[resnet18-bs2-ort-cuda-fp32]", "test_onnxruntime[resnet18-bs2-ort-trt-fp16]",
-                 "test_tensorrt[resnet18-bs2-trt-int8]", "test_training[convnext-seed-bs4-tf32-fp32]"):  # fmt: skip
+                 "test_tensorrt[resnet18-bs2-trt-int8]", "test_training[convnext-seed-bs4-tf32-fp32]",
+                 "test_compression[bert-base-bs2-sparse-2to4-fp16]",
+                 "test_distributed[convnext-seed-bs4-fsdp2-fp32-ws1]"):  # fmt: skip
         assert f"skipped  {case}: " in summary and "GPU-only: needs a CUDA device" in summary, case
     assert "test_kernel[triton-fwd-fp32-n1M]: the smoke profile times the compiled Triton kernels" in summary
     assert "-bs2-half-" not in out and "test_kernel[relu" not in out  # paths that run on a CPU are not listed
