@@ -92,17 +92,21 @@ PROFILES = {
             "distributed": ("convnext-seed",),
             "compression": ("resnet18",),
         },
-        family_batch_sizes={"test_model_inference": {"convnext-seed": (8,)}},
+        family_batch_sizes={
+            "test_model_inference": {"convnext-seed": (8,)},
+            "onnxruntime": {"bert-base": (1,)},  # its export and session dominate; batch 8 runs in inference
+            "compression": {"resnet18": (8,)},  # INT8 and pruning pay off with a batch; builds are per model
+        },
         compile_training_activations=False,
         summary="images 128x128, batch sizes 1 and 8, a few telling models per family, compiled variants for "
         "convnext-seed only, no slow variants",
         left_out={
-            "inference": ("compile-amp",),  # channels-last-compile-amp, the faster of the two on a CPU, runs
+            "inference": ("compile-amp", "half"),  # channels-last-compile-amp (the faster on a CPU) and amp run
             "test_training_activation": ("*",),  # the FastSwish family trains each activation in quick
             "onnxruntime": ("ort-cpu-opt-basic", "ort-cpu-opt-extended"),  # ort-cpu (all) and -opt-disabled run
             "onnxruntime/bert-base": ("ort-int8-minmax", "ort-cpu-opt-disabled"),  # dynamic INT8 runs (QDQ: TRT's)
-            "training": ("channels-last-compile-amp", "fused-adamw"),  # the seed's table: compile, AMP, both
-            "distributed": ("ddp-amp",),  # ddp and ddp-bf16-compress (the communication-side saving) run
+            "training": ("compile-amp", "channels-last-compile-amp", "fused-adamw"),  # compile and AMP run
+            "distributed": ("ddp-amp", "ddp-bf16-compress"),  # plain ddp's scaling at world sizes 1 and 2 runs
         },
         finetune_steps=30,
         qat_steps=8,

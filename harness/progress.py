@@ -40,10 +40,11 @@ class RunProgress:
         if nodeid in self.previous:
             return self.previous[nodeid]
         family = self.cases[nodeid][0]
-        same = [s for n, s in self.done.items() if self.cases.get(n, ("", False))[0] == family]
+        ran = {n: s for n, s in self.done.items() if self.cases.get(n, ("", False))[1]}  # not skipped at collection
+        same = [s for n, s in ran.items() if self.cases[n][0] == family]
         if same:
             return statistics.fmean(same)
-        return statistics.fmean(self.done.values()) if self.done else None
+        return statistics.fmean(ran.values()) if ran else None
 
     def left_s(self) -> float | None:
         """Seconds the cases not yet finished should take, or None when nothing is known yet."""

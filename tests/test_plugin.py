@@ -205,3 +205,5 @@ def test_progress_lines_name_each_family_with_an_estimate_of_what_is_left():
     fresh = RunProgress(cases)
     fresh.finished("a1", 12.0)
     assert fresh.left_s() == 24.0  # a2 at inference's mean so far, b1 at the mean of everything finished
+    fresh.finished("a3", 0.001)  # skipped at collection: its near-zero time must not pull the means down
+    assert fresh.left_s() == 24.0
