@@ -217,7 +217,8 @@ def run_pytest(
 
 
 def _run(command: list[str], json_path: Path, cwd, env, log) -> Run:
-    log(f"  $ (cd {cwd} && {' '.join(_quote(c) for c in command[1:])})")
+    shown = ["python", *command[1:]]  # the full interpreter path is noise in a log
+    log(f"  $ (cd {cwd} && {' '.join(_quote(c) for c in shown)})")
     done = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     if not Path(json_path).exists():
         # pytest-benchmark writes no file when no benchmark finished: every selected case failed or skipped
