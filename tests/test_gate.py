@@ -291,6 +291,27 @@ def test_a_rerun_that_fails_fails_the_case_unless_it_is_the_baseline_checkouts()
     assert v.verdict == "noisy" and "baseline checkout's re-run failed" in v.why
 
 
+def test_confirm_all_re_runs_a_slowdown_one_drifting_run_hid_and_keeps_real_speed_ups():
+    times = [1.0 + 0.001 * i for i in range(30)]
+    base = _run({"hidden": times, "sped-up": times})
+    # the head run happened while the machine was 30% faster: the 25% slowdown looks like a speed-up
+    head = _run({"hidden": [t * 1.25 * 0.7 for t in times], "sped-up": [t * 0.5 * 0.7 for t in times]})
+    assert gate.suspects(gate.compare(base, head, gate.Options(confirm=True)), base, head, gate.Options(), None) == []
+    options = gate.Options(confirm=True, repeats=3, rerun_baseline=True, confirm_all=True)
+    verdicts = {v.case: v for v in gate.compare(base, head, options)}
+    assert sorted(v.case for v in gate.suspects(list(verdicts.values()), base, head, options, None)) == [
+        "hidden",
+        "sped-up",
+    ]
+    drift = (1.0, 0.8, 1.2)  # each head re-run beside a baseline re-run on the same machine state
+    heads = [_run({"hidden": [t * 1.25 * d for t in times], "sped-up": [t * 0.5 * d for t in times]}) for d in drift]
+    bases = [_run({"hidden": [t * d for t in times], "sped-up": [t * d for t in times]}) for d in drift]
+    for name, v in verdicts.items():
+        gate.confirm_case(v, base.cases[name], heads, bases, options, None)
+    assert verdicts["hidden"].verdict == "slower" and verdicts["hidden"].confirm["median"] == pytest.approx(0.25)
+    assert verdicts["sped-up"].verdict == "faster"
+
+
 def test_injected_slowdown_matches_node_ids_and_rejects_bad_specs(monkeypatch):
     assert gate_runs.INJECT_ENV == timing.INJECT_SLOWDOWN_ENV
     monkeypatch.setenv(timing.INJECT_SLOWDOWN_ENV, "-channels-last-fp32]:1.25,eager:2")

@@ -79,6 +79,7 @@ class Options:
     rerun_baseline: bool = False  # --confirm-baseline: re-runs on both sides
     allow_gone: bool = False
     min_effect: float | None = None  # one minimum effect for every case instead of MIN_EFFECT
+    confirm_all: bool = False  # re-run every timed case, not only those one run says are slower
 
     @property
     def confirm_mode(self) -> str:
@@ -292,12 +293,13 @@ def compare(base: Run, head: Run, options: Options, thresholds: Thresholds | Non
 
 
 def suspects(verdicts: list[Verdict], base: Run, head: Run, options: Options, thresholds) -> list[Verdict]:
-    """Cases whose one-run shift exceeds the (lower) threshold of a confirmed comparison."""
+    """Cases whose one-run shift exceeds the (lower) threshold of a confirmed comparison; with confirm_all every
+    timed case (on a runner whose speed drifts between runs, one pair can hide a slowdown behind a faster run)."""
     out = []
     for v in verdicts:
         if v.timing is None or v.change is None or v.verdict in ("failed", "gone", "new"):
             continue
-        if math.log1p(v.change) > confirm_threshold(v, head.cases[v.case], options, thresholds):
+        if options.confirm_all or math.log1p(v.change) > confirm_threshold(v, head.cases[v.case], options, thresholds):
             out.append(v)
     return out
 
@@ -341,7 +343,8 @@ def confirm_case(
     overall = math.log(statistics.median(c.median_s for c in head_cases) / reference)
     pooled_head = [t for c in head_cases for t in (c.times or [c.median_s])]
     pooled_base = [t for c in base_cases for t in (c.times or [c.median_s])]
-    p = gs.shift(pooled_base, pooled_head).p_slower if len(pooled_head) > 1 and len(pooled_base) > 1 else 1.0
+    pooled = gs.shift(pooled_base, pooled_head) if len(pooled_head) > 1 and len(pooled_base) > 1 else None
+    p, p_faster = (pooled.p_slower, pooled.p_faster) if pooled else (1.0, 1.0)
     need = math.ceil(2 * len(each) / 3)
     agree = sum(d > floor for d in each)
     against = f"{len(base_cases)} baseline re-runs" if bases is not None else "the saved baseline's median"
@@ -376,6 +379,9 @@ def confirm_case(
             f"not confirmed, the re-runs disagree: {detail}; {agree} of {len(each)} beyond the minimum effect "
             f"(needed {need}), p={p:.2g}"
         )
+    elif overall < -limit and sum(d < -floor for d in each) >= need and p_faster < options.alpha:
+        v.timing = "faster"
+        v.why = f"{detail}; beyond the {_pct(v.threshold, sign=False)} threshold, p={p_faster:.2g}"
     else:
         v.timing = "unchanged"
         v.why = f"not confirmed: one run said {first}; {detail}, within ±{_pct(v.threshold, sign=False)}"
@@ -627,11 +633,12 @@ def _options(args) -> Options:
     return Options(
         alpha=args.alpha,
         sigmas=args.sigmas,
-        confirm=args.confirm or bool(args.confirm_baseline),
+        confirm=args.confirm or bool(args.confirm_baseline) or args.confirm_all,
         repeats=args.confirm_runs,
         rerun_baseline=bool(args.confirm_baseline),
         allow_gone=args.allow_gone,
         min_effect=args.min_effect,
+        confirm_all=args.confirm_all,
     )
 
 
@@ -668,6 +675,11 @@ def parser() -> argparse.ArgumentParser:
         "--confirm-baseline",
         metavar="DIR",
         help="a checkout of the baseline's commit: re-run the suspects there too, alternating (implies --confirm)",
+    )
+    p.add_argument(
+        "--confirm-all",
+        action="store_true",
+        help="re-run every timed case, not only the suspects (a drifting runner; best with --confirm-baseline)",
     )
     p.add_argument("--alpha", type=float, default=ALPHA, help=f"one-sided significance level (default {ALPHA})")
     p.add_argument("--sigmas", type=float, default=SIGMAS, help=f"threshold in noise sigmas (default {SIGMAS})")
