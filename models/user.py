@@ -368,7 +368,30 @@ def load_user_specs(
                 f"{seen[spec.name]} and {entry} are both named {spec.name!r}: name one, e.g. other={entry}"
             )
         seen[spec.name] = entry
+        if entry in models:  # a factory or a Hugging Face folder: a fresh process can load it again
+            SOURCES[spec.name] = {"entry": entry, "seq_len": seq_len, "cwd": os.getcwd()}
     return specs
+
+
+# name -> how a fresh process (a rank of the distributed family) loads the same model again
+SOURCES: dict[str, dict] = {}
+
+
+def source_of(spec: ModelSpec) -> dict | None:
+    """What `reload` needs to rebuild a user's model in another process, or None (built-in models, ONNX files)."""
+    return SOURCES.get(spec.name) if is_user(spec) else None
+
+
+def reload(source: dict) -> ModelSpec:
+    """Register again, in this process, the user model `source_of` described: from the folder it was named in, so
+    that module paths and relative file paths mean what they meant on the command line."""
+    here = os.getcwd()
+    os.chdir(source["cwd"])
+    try:
+        (spec,) = load_user_specs([source["entry"]], seq_len=source["seq_len"])
+    finally:
+        os.chdir(here)
+    return register_user(spec)
 
 
 def register_user(spec: ModelSpec) -> ModelSpec:

@@ -409,3 +409,17 @@ def test_hugging_face_folder_errors_are_read_from_its_config(tmp_path):
     (folder / "config.json").write_text(json.dumps({"image_size": 224}))
     with pytest.raises(UserModelError, match="no vocab_size: hf: takes text models"):
         hf_spec(str(folder))
+
+
+def test_the_distributed_ranks_load_the_users_model_again(tmp_path):
+    """The ranks are fresh processes started from the repository: they import the user's module from the folder the
+    run was started in, not from theirs."""
+    (tmp_path / "my_model.py").write_text((ROOT / "examples" / "my_model.py").read_text())
+    out = tmp_path / "dist.json"
+    args = ["-p", "harness.plugin", "--pyargs", "benches.test_distributed", "--model", "my_model:make_model",
+            "--world-sizes", "1", "--batch-sizes", "2", "--variants", "ddp", f"--benchmark-json={out}",
+            "--report-dir", "reports", "-rs"]  # fmt: skip
+    result = run_pytest(args, cwd=tmp_path, pythonpath=ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    (info,) = rows(out).values()
+    assert info["model"] == "my_model" and info["world_size"] == 1

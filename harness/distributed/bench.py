@@ -28,6 +28,7 @@ from harness.distributed import (
     world_size_problem,
 )
 from harness.variant import Variant
+from models.user import source_of
 from optimizations.distributed import step_apply
 
 # The family's baseline: DDP with its defaults, fp32. Its world-size-1 run is every distributed case's "eager".
@@ -111,11 +112,14 @@ def _launch_job(case, world_size: int, settings) -> dict:
             "max_rounds": profile.max_rounds,
         },
         weights=settings.weights,
+        user=source_of(case.spec),
     )
     return launch_job(job, settings.dist_timeout_s)
 
 
-def make_job(model, image_size, batch, world_size, variant: Variant, device, threads, timeout_s, timing, weights=None):
+def make_job(
+    model, image_size, batch, world_size, variant: Variant, device, threads, timeout_s, timing, weights=None, user=None
+):
     """What harness.distributed.worker runs: the check, then per scaling point of `world_size` (the reference at 1;
     weak, and strong where `batch` divides) warm-up, timed rounds and a profiled step."""
     points = [Scaling(1, "reference")] if world_size == 1 else [Scaling(world_size, "weak")]
@@ -134,6 +138,7 @@ def make_job(model, image_size, batch, world_size, variant: Variant, device, thr
         "threads": threads,
         "timeout_s": max(60.0, timeout_s / 2),  # the process group's: a hung collective fails well within the job's
         "timing": timing,
+        "user_model": user,  # models.user.source_of: the ranks load a user's model again
     }
 
 

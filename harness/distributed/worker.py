@@ -35,6 +35,7 @@ from harness import metrics, timing
 from harness.correctness import CorrectnessError, check_distributed_step
 from harness.distributed import Rank, init_group
 from models import build_model, get_spec
+from models.user import reload
 from optimizations import distributed as dp
 from optimizations.base import NotEngagedError
 
@@ -213,6 +214,8 @@ def measure_point(runner, spec, job: dict, point: dict, group: Rank) -> dict:
 def run(job: dict, group: Rank) -> dict:
     if group.world_size != job["world_size"]:
         raise ValueError(f"the job is for {job['world_size']} ranks, torchrun started {group.world_size}")
+    if job.get("user_model"):
+        reload(job["user_model"])
     spec = get_spec(job["model"])
     model = build_model(spec, job["image_size"], weights=job.get("weights")).to(group.device).train()
     config = dp.DistConfig(**job["config"])
