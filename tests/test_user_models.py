@@ -422,4 +422,4 @@ def test_the_distributed_ranks_load_the_users_model_again(tmp_path):
     result = run_pytest(args, cwd=tmp_path, pythonpath=ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (info,) = rows(out).values()
-    assert info["model"] == "my_model" and info["world_size"] == 1
+    assert info["model"] == "my_model" and info["world_size"] == 1 and info["image_size"] == 32  # its own size

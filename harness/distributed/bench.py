@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from harness import timing
+from harness.bench import image_size_of
 from harness.distributed import (
     DistributedJobError,
     TorchrunMissing,
@@ -98,7 +99,7 @@ def _launch_job(case, world_size: int, settings) -> dict:
     profile = settings.profile
     job = make_job(
         model=case.spec.name,
-        image_size=settings.train_image_size,
+        image_size=image_size_of(case.spec, settings.train_image_size),
         batch=case.batch_size,
         world_size=world_size,
         variant=case.variant,
@@ -206,7 +207,7 @@ def run_distributed_case(case, scaling: Scaling, settings) -> tuple[dict, list[f
     peaks_device = point["peak_device_mb"]
     record = {
         **case_fields(case, settings.profile.name),
-        "image_size": settings.train_image_size,
+        "image_size": image_size_of(case.spec, settings.train_image_size),
         "world_size": world,
         "scaling": scaling.kind,
         "per_rank_batch_size": point["per_rank_batch"],
