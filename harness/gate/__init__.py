@@ -395,7 +395,8 @@ def run_confirm(verdicts, base: Run, head: Run, options: Options, thresholds, ba
     todo = suspects(verdicts, base, head, options, thresholds)
     if not todo:
         return ["--confirm: no suspect to re-run"]
-    log(f"--confirm: re-running {len(todo)} suspect(s) {options.repeats} times in fresh processes")
+    what = f"every timed case ({len(todo)})" if options.confirm_all else f"{len(todo)} suspect(s)"
+    log(f"--confirm: re-running {what} {options.repeats} times in fresh processes")
     try:
         heads, bases = rerun([v.case for v in todo], head, options.repeats, baseline_dir, log=log)
     except GateError as error:
@@ -405,7 +406,7 @@ def run_confirm(verdicts, base: Run, head: Run, options: Options, thresholds, ba
     for v in todo:
         confirm_case(v, base.cases[v.case], heads, bases if baseline_dir else None, options, thresholds)
     verdicts.sort(key=lambda v: (ORDER.index(v.verdict), v.case))
-    return [f"--confirm: {len(todo)} suspect(s) re-run {options.repeats} times in fresh processes"]
+    return [f"--confirm: {what} re-run {options.repeats} times in fresh processes"]
 
 
 # ------------------------------------------------------------------------------------------------ --calibrate
