@@ -21,7 +21,7 @@ from harness.bench import (
     run_training_case,
     timing_fields,
 )
-from harness.progress import RunProgress, family_of
+from harness.progress import PRIOR_S_PER_CASE, RunProgress, family_of
 
 SETTINGS = pytest.StashKey[Settings]()
 RECORDS = pytest.StashKey[list]()
@@ -540,7 +540,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if cases:
         cache = getattr(session.config, "cache", None)
         previous = cache.get(DURATIONS_CACHE, {}) if cache is not None else {}
-        session.config.stash[PROGRESS] = RunProgress(cases, previous={k: v for k, v in previous.items() if k in cases})
+        settings = session.config.stash[SETTINGS]
+        prior = PRIOR_S_PER_CASE.get((settings.profile.name, settings.device.split(":")[0]), {})
+        previous = {k: v for k, v in previous.items() if k in cases}
+        session.config.stash[PROGRESS] = RunProgress(cases, previous=previous, prior=prior)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,8 +1,9 @@
 """Progress of a bench run per family, with an estimate of what is left.
 
 The estimate for a case still to run is, in order: its own duration in an earlier run (kept in pytest's cache),
-the mean of this run's finished cases of the same family, the mean of all finished cases. Cases skipped at
-collection (profile, model or GPU reasons) count as taking no time.
+the mean of this run's finished cases of the same family, the family's typical seconds per case (PRIOR_S_PER_CASE,
+scaled by how this machine compares on the families finished so far), the mean of all finished cases. Cases skipped
+at collection (profile, model or GPU reasons) count as taking no time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ def duration_text(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+# Seconds per running case of each family in the quick profile on a CPU: a fresh clone's `make bench` on the 2-core
+# development VM at a7d65a5 (README, Results). Only a first estimate: cases of one family differ, machines differ.
+PRIOR_S_PER_CASE = {
+    ("quick", "cpu"): {
+        "compression": 23.5,
+        "distributed": 10.7,
+        "fastswish": 2.3,
+        "inference": 3.9,
+        "onnxruntime": 5.5,
+        "training": 10.0,
+    }
+}
+
+
 @dataclass
 class RunProgress:
     cases: dict[str, tuple[str, bool]]  # node id -> (family, runs: not skipped at collection)
@@ -29,6 +44,7 @@ class RunProgress:
     done: dict[str, float] = field(default_factory=dict)  # node id -> seconds in this run
     started: float = field(default_factory=time.perf_counter)
     announced: set[str] = field(default_factory=set)
+    prior: dict[str, float] = field(default_factory=dict)  # family -> typical seconds per case (PRIOR_S_PER_CASE)
 
     def families(self) -> list[str]:
         return list(dict.fromkeys(family for family, _ in self.cases.values()))
@@ -44,6 +60,11 @@ class RunProgress:
         same = [s for n, s in ran.items() if self.cases[n][0] == family]
         if same:
             return statistics.fmean(same)
+        if family in self.prior:
+            known = [n for n in ran if self.cases[n][0] in self.prior]
+            expected = sum(self.prior[self.cases[n][0]] for n in known)
+            scale = sum(ran[n] for n in known) / expected if expected else 1.0  # this machine against the prior's
+            return self.prior[family] * scale
         return statistics.fmean(ran.values()) if ran else None
 
     def left_s(self) -> float | None:

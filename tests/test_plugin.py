@@ -207,3 +207,6 @@ def test_progress_lines_name_each_family_with_an_estimate_of_what_is_left():
     assert fresh.left_s() == 24.0  # a2 at inference's mean so far, b1 at the mean of everything finished
     fresh.finished("a3", 0.001)  # skipped at collection: its near-zero time must not pull the means down
     assert fresh.left_s() == 24.0
+    primed = RunProgress(cases, prior={"inference": 5.0, "ort": 2.0})  # a fresh clone: no earlier run
+    primed.finished("a1", 10.0)  # this machine took twice the prior's time for inference
+    assert primed.left_s() == 10.0 + 4.0  # a2 at inference's mean so far, b1 at the prior scaled by 2
