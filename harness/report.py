@@ -307,6 +307,19 @@ def distillation_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
     return [("distillation: students against the teacher", _markdown_table(header, body))]
 
 
+def _save(fig, path: Path, axes=None, used: int = 0, dpi: int = 110, tight: bool = True) -> Path:
+    """Blank the grid's unused panels (axes after the first `used`), lay out, write `path` and free the figure."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[used:] if axes is not None else ():
+        ax.axis("off")
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_latency(run_rows: list[dict], path: Path) -> Path | None:
     """Top-1 against median latency, one panel per model and batch size, every variant of every family that has
     both (accuracy columns need trained weights), labelled family:variant."""
@@ -339,12 +352,7 @@ def plot_accuracy_latency(run_rows: list[dict], path: Path) -> Path | None:
         ax.set_xlabel("median latency ms (log)")
         ax.set_ylabel("top-1 %")
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, axes, len(panels))
 
 
 def operator_charts(table_rows: list[dict]) -> list[tuple[str, str]]:
@@ -378,10 +386,7 @@ def plot_operator_charts(table_rows: list[dict], path: Path) -> Path | None:
         ax.bar([k for k, _ in items], [v for _, v in items])
         ax.set_title(f"{model}: ONNX op types", fontsize=9)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def distributed_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
@@ -471,10 +476,7 @@ def plot_scaling(run_rows: list[dict], path: Path) -> Path:
         ax_eff.set_ylabel("scaling efficiency %")
         ax_rate.set_title(f"{model}, batch {batch}: throughput", fontsize=9)
         ax_eff.set_title(f"{model}, batch {batch}: efficiency against world size 1", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def comparison_table(run_rows: list[dict], base_rows: list[dict]) -> str:
@@ -598,21 +600,35 @@ def write_csv(run_rows: list[dict], path: Path) -> Path:
 
 
 def speedup_grid(run_rows: list[dict]) -> dict[str, tuple[list[str], list[str], list[list[float | None]]]]:
-    """Per family: (variant labels, column labels "model[-activation] bsN", speedup[variant][column] or None)."""
+    """Per panel: (variant labels, column labels "model[-activation] bsN", speedup[variant][column] or None). A panel
+    is a family, or a family's bench function where the family has several (FastSwish's model inference and
+    training steps differ in batch and baseline: in one panel they leave half its cells empty); a panel with its
+    baseline alone is left out."""
+
+    def function(r: dict) -> str:
+        return (r.get("name") or "").split("[")[0]
+
+    def panel(r: dict) -> str:
+        family = r.get("family", "")
+        several = len({function(o) for o in run_rows if o.get("family", "") == family}) > 1
+        return f"{family} {function(r).removeprefix('test_').replace('_', ' ')}" if several else family
+
     grids = {}
-    for family in sorted({r.get("family", "") for r in run_rows}):
-        mine = [r for r in run_rows if r.get("family", "") == family]
+    for key in sorted({panel(r) for r in run_rows}):
+        mine = [r for r in run_rows if panel(r) == key]
         where = lambda r: (r["model"], r.get("activation") or "", r["batch_size"])  # noqa: E731
         columns = sorted({where(r) for r in mine})
         labels = list(dict.fromkeys(_label(r) for r in mine))  # the order the bench file lists its variants
+        if len(labels) < 2:
+            continue  # the baseline alone: a panel of 1.00x says nothing
         cells = {(_label(r), where(r)): r["speedup_vs_eager"] for r in mine}
         values = [[cells.get((label, column)) for column in columns] for label in labels]
         names = [f"{m}{'-' + a if a else ''} bs{b}" for m, a, b in columns]
-        grids[family] = (labels, names, values)
+        grids[key] = (labels, names, values)
     return grids
 
 
-def plot_speedups(run_rows: list[dict], path: Path) -> Path:
+def plot_speedups(run_rows: list[dict], path: Path) -> Path | None:
     """One heatmap panel per family: variants down, model and batch across, each cell the speed-up over eager fp32
     (training: over vanilla) written in it; colour on a log scale, red slower, blue faster, white 1x."""
     import matplotlib
@@ -623,6 +639,8 @@ def plot_speedups(run_rows: list[dict], path: Path) -> Path:
     from matplotlib.colors import LogNorm
 
     grids = speedup_grid(run_rows)
+    if not grids:
+        return None
     widest = max(len(names) for _, names, _ in grids.values())
     heights = [len(labels) + 2.5 for labels, _, _ in grids.values()]
     fig_width = min(24.0, max(7.0, 3.0 + 0.7 * widest))
@@ -642,16 +660,14 @@ def plot_speedups(run_rows: list[dict], path: Path) -> Path:
                     ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=7)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_xticks(range(len(names)), names, fontsize=7, rotation=45, ha="right", rotation_mode="anchor")
-        baseline = "vanilla" if family == "training" else "eager fp32"
+        baseline = "vanilla" if "training" in family else "eager fp32"
         ax.set_title(f"{family}: speed-up over {baseline} (same run)", fontsize=9, loc="left")
         ax.set_facecolor("#eeeeee")  # cases that did not run
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, pad=0.01, label="speed-up (log scale)")
     ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8) if 1 / span <= t <= span]
     bar.set_ticks(ticks, labels=[f"{t:g}x" for t in ticks])
     bar.minorticks_off()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100, tight=False)  # the colorbar spans the panels: no tight_layout
 
 
 def plot_latency(run_rows: list[dict], path: Path) -> Path:
@@ -677,12 +693,7 @@ def plot_latency(run_rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("batch size")
         ax.set_ylabel("median latency ms")
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(models) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, axes, len(models))
 
 
 def write_report(run: dict, base: Path, baseline: dict | None = None, command: str | None = None) -> list[Path]:
@@ -695,18 +706,18 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     header = f"# nn-speedups report: {base.name}\n\n"
     if command:
         header += f"Command: `{command}`\n\n"
-    body = render_tables(run, baseline, link_base=md.parent)
-    body += f"\n![speed-up per family, variant, model and batch]({speed_png.name})\n\n"
-    body += f"![latency against batch size]({latency_png.name})\n"
-    md.write_text(header + body)
-    paths = [md, write_csv(run_rows, base.with_suffix(".csv"))]
     model_rows = [r for r in run_rows if "speedup_vs_eager" in r and "epoch_s_projected" not in r]
     model_rows = [r for r in model_rows if "world_size" not in r]
     speedup_rows = [r for r in run_rows if r.get("speedup_vs_eager") is not None and "world_size" not in r]
-    if speedup_rows:
-        paths.append(plot_speedups(speedup_rows, speed_png))
-    if model_rows:
-        paths.append(plot_latency(model_rows, latency_png))
+    speed = plot_speedups(speedup_rows, speed_png) if speedup_rows else None
+    latency = plot_latency(model_rows, latency_png) if model_rows else None
+    body = render_tables(run, baseline, link_base=md.parent)
+    if speed is not None:
+        body += f"\n![speed-up per family, variant, model and batch]({speed.name})\n\n"
+    if latency is not None:
+        body += f"![latency against batch size]({latency.name})\n"
+    md.write_text(header + body)
+    paths = [md, write_csv(run_rows, base.with_suffix(".csv"))] + [p for p in (speed, latency) if p is not None]
     if any("world_size" in r for r in run_rows):
         scaling_png = plot_scaling(run_rows, base.parent / f"{base.name}-scaling.png")
         paths.append(scaling_png)

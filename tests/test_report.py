@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import report
 from tests.conftest import ROOT
@@ -52,3 +53,22 @@ def test_report_rejects_a_file_that_is_not_a_run(tmp_path):
         [sys.executable, "-m", "harness.report", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "not a pytest-benchmark JSON file" in result.stderr
+
+
+def test_speedup_panels_split_a_family_by_bench_function_and_drop_baseline_only_ones():
+    def row(name, variant, model, batch, speedup, family="fastswish", activation=None):
+        return {"name": f"{name}[{model}-{variant}]", "family": family, "variant": variant, "dtype": "fp32",
+                "model": model, "activation": activation, "batch_size": batch, "speedup_vs_eager": speedup}  # fmt: skip
+
+    rows = [
+        row("test_model_inference", "eager", "convnext-seed", 8, 1.0, activation="relu"),
+        row("test_model_inference", "compile", "convnext-seed", 8, 1.3, activation="relu"),
+        row("test_model_training", "vanilla", "convnext-seed", 16, 1.0, activation="relu"),
+        row("test_inference", "eager", "resnet18", 1, 1.0, family="inference"),
+        row("test_inference", "amp", "resnet18", 1, 1.5, family="inference"),
+    ]
+    grids = report.speedup_grid(rows)
+    assert sorted(grids) == ["fastswish model inference", "inference"]  # training: its baseline alone
+    labels, names, values = grids["fastswish model inference"]
+    assert names == ["convnext-seed-relu bs8"] and values == [[1.0], [1.3]] and len(labels) == 2
+    assert report.plot_speedups(rows[2:3], Path("unused.png")) is None
