@@ -20,8 +20,48 @@ def test_exact_passes_rounding_noise_and_fails_a_real_difference():
     check_exact(ref + 1e-6 * torch.randn_like(ref), ref, torch.float32)
     wrong = ref.clone()
     wrong[3, 7] += 1.0
-    with pytest.raises(CorrectnessError, match=r"max abs err 1"):
+    with pytest.raises(CorrectnessError, match=r"1 of 3200 values .* greatest absolute difference 1"):
         check_exact(wrong, ref, torch.float32, label="m-bs16-compile-fp32")
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-4, 1e-9])
+def test_exact_holds_float32_rounding_for_outputs_near_zero_and_fails_a_wrong_engine(scale):
+    """Outputs whose values are all tiny (a detector's probabilities, a random-weight net's logits): float32 rounding
+    noise of an engine that computes the same function with O(1) intermediates (here: the same output computed as a
+    difference of two O(1) terms, as a reordered sum would) passes; an engine that is wrong by 10% does not."""
+    g = torch.Generator().manual_seed(0)
+    ref64 = scale * torch.rand(8, 500, generator=g, dtype=torch.float64)
+    ref = ref64.float()
+    big = torch.rand(8, 500, generator=g, dtype=torch.float64) + 0.5
+    engine = ((big + ref64).float() - big.float()).float()  # the same values through an O(1) intermediate
+    assert (engine - ref).abs().max() > 0  # it really carries rounding noise of about one ulp at 1.0
+    result = check_exact(engine, ref, torch.float32)
+    assert result.max_abs_err < 1e-6
+    if scale >= 1e-4:  # well above the float32 floor: a 10% error and a zero output are caught
+        with pytest.raises(CorrectnessError, match="differs from eager"):
+            check_exact(1.1 * ref, ref, torch.float32)
+        with pytest.raises(CorrectnessError, match="differs from eager"):
+            check_exact(torch.zeros_like(ref), ref, torch.float32)
+    else:  # below what float32 resolves at the scale of its intermediates: the check says nothing, by design
+        check_exact(torch.zeros_like(ref), ref, torch.float32)
+
+
+def test_exact_checks_each_output_at_its_own_scale():
+    big, small = 1000 * torch.randn(100), 1e-3 * torch.randn(100)
+    check_exact((big, small), (big, small), torch.float32)
+    with pytest.raises(CorrectnessError, match="output 1 differs"):  # 1e-3 off is nothing beside 1000, not beside 1e-3
+        check_exact((big, small + 1e-3), (big, small), torch.float32)
+
+
+def test_a_collapsed_output_is_named():
+    ref = torch.randn(4, 10)
+    with pytest.raises(CorrectnessError, match="the output is all zeros"):
+        check_lossy(torch.zeros_like(ref), ref)
+    with pytest.raises(CorrectnessError, match=r"the output is constant \(every value 0.5\)"):
+        check_lowp(torch.full_like(ref, 0.5), ref)
+    with pytest.raises(CorrectnessError) as error:
+        check_lossy(ref + ref.std() * torch.randn_like(ref), ref)
+    assert "all zeros" not in str(error.value) and "constant" not in str(error.value)
 
 
 def test_exact_rejects_nan():
