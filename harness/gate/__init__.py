@@ -25,7 +25,9 @@ A case's threshold is MIN_EFFECT for its device kind and family (the smallest sl
 for), raised to SIGMAS x its between-run noise when a thresholds file from `--calibrate` knows it. One run's rounds
 cannot see between-run noise (a 2-core CPU moved unchanged cases by -30%..+64% from one run to the next while each
 run's rounds were tight), which is why the noise comes from repeated unchanged runs and why `--confirm` re-runs the
-suspects in fresh processes before failing (see harness.gate.stats for the formulas).
+suspects in fresh processes before failing: pairs of fresh head and baseline processes in randomized ABBA order,
+added until the pairs' interval decides or `--confirm-runs` pairs are spent (harness.gate.confirm; the formulas are
+in harness.gate.stats).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from harness.gate import stats as gs
-from harness.gate.runs import CaseRun, GateError, Run, check_same_machine, identity, load_run, rerun
+from harness.gate.confirm import MIN_PAIRS, confirm_threshold, run_confirm, suspects  # noqa: F401 (re-exported)
+from harness.gate.runs import CaseRun, GateError, Run, check_same_machine, identity, load_run
 
 # The smallest slowdown worth failing a pull request for, per device kind and bench family ("*": the others), as a
 # fraction. A policy, not a noise estimate: calibration can raise a case's threshold above it, never lower it.
@@ -51,7 +54,7 @@ MIN_EFFECT = {
 }
 ALPHA = 0.01  # one-sided Mann-Whitney U significance over the rounds (5 against 5 rounds can reach it: p = 1/252)
 SIGMAS = 3.5  # threshold = SIGMAS x the comparison's between-run noise (about 2 in 10,000 per case if normal)
-CONFIRM_RUNS = 3  # fresh-process re-runs per suspect with --confirm
+CONFIRM_RUNS = 6  # --confirm: the most pairs of fresh processes per case (decisions need confirm.MIN_PAIRS)
 ACCURACY_TOLERANCE = {"*": 0.01}  # per family: how far top1 / top5 / top1_agreement may drop (absolute)
 ACCURACY_KEYS = ("top1", "top5", "top1_agreement")
 SIZE_GROWTH = 0.10  # model_size_mb
@@ -80,6 +83,7 @@ class Options:
     allow_gone: bool = False
     min_effect: float | None = None  # one minimum effect for every case instead of MIN_EFFECT
     confirm_all: bool = False  # re-run every timed case, not only those one run says are slower
+    seed: int | None = None  # --confirm-seed: the order of the sides in the re-run pairs (None: drawn, recorded)
 
     @property
     def confirm_mode(self) -> str:
@@ -287,126 +291,6 @@ def compare(base: Run, head: Run, options: Options, thresholds: Thresholds | Non
                 v.why = "; ".join(v.problems) + f" (timing: {v.timing}, {v.why})"
         verdicts.append(v)
     return sorted(verdicts, key=lambda v: (ORDER.index(v.verdict), v.case))
-
-
-# ------------------------------------------------------------------------------------------------ --confirm
-
-
-def suspects(verdicts: list[Verdict], base: Run, head: Run, options: Options, thresholds) -> list[Verdict]:
-    """Cases whose one-run shift exceeds the (lower) threshold of a confirmed comparison; with confirm_all every
-    timed case (on a runner whose speed drifts between runs, one pair can hide a slowdown behind a faster run)."""
-    out = []
-    for v in verdicts:
-        if v.timing is None or v.change is None or v.verdict in ("failed", "gone", "new"):
-            continue
-        if options.confirm_all or math.log1p(v.change) > confirm_threshold(v, head.cases[v.case], options, thresholds):
-            out.append(v)
-    return out
-
-
-def confirm_threshold(v: Verdict, case: CaseRun, options: Options, thresholds) -> float:
-    noise = thresholds.noise(case, v.device)[0] if thresholds else None
-    floor = min_effect(v.device, v.family, options.min_effect)
-    return gs.threshold(floor, noise, options.sigmas, options.confirm_mode, options.repeats)
-
-
-def confirm_case(
-    v: Verdict, base: CaseRun, heads: list[Run], bases: list[Run] | None, options: Options, thresholds
-) -> None:
-    """Decide a suspect from fresh-process re-runs: slower only when the median re-run is beyond the confirmed
-    threshold, significant over the pooled rounds, and at least 2/3 of the re-runs are each beyond the minimum
-    effect. Against the saved baseline, the baseline's median is one noisy run: the threshold keeps its noise."""
-    limit = confirm_threshold(v, base, options, thresholds)
-    floor = math.log1p(min_effect(v.device, v.family, options.min_effect))
-    failed = [r.failed[v.case] for r in heads if v.case in r.failed]
-    if failed:
-        v.verdict = v.timing = "failed"
-        v.why = f"a --confirm re-run failed: {failed[0]}"
-        return
-    failed = [r.failed[v.case] for r in bases or [] if v.case in r.failed]
-    if failed:
-        v.timing = "noisy"
-        v.why = f"not confirmed: the baseline checkout's re-run failed ({failed[0]}); {v.why}"
-        v.verdict = "regressed" if v.problems else v.timing
-        return
-    head_cases = [r.cases[v.case] for r in heads if v.case in r.cases]
-    base_cases = [r.cases[v.case] for r in bases if v.case in r.cases] if bases is not None else [base]
-    if len(head_cases) < len(heads) or not base_cases:
-        v.timing, v.why = "noisy", f"not confirmed: the case did not run in every re-run ({v.why})"
-        v.verdict = "regressed" if v.problems else v.timing
-        return
-    reference = statistics.median(c.median_s for c in base_cases)
-    if bases is not None and len(base_cases) == len(head_cases):
-        each = [math.log(h.median_s / b.median_s) for h, b in zip(head_cases, base_cases)]
-    else:
-        each = [math.log(h.median_s / reference) for h in head_cases]
-    overall = math.log(statistics.median(c.median_s for c in head_cases) / reference)
-    pooled_head = [t for c in head_cases for t in (c.times or [c.median_s])]
-    pooled_base = [t for c in base_cases for t in (c.times or [c.median_s])]
-    pooled = gs.shift(pooled_base, pooled_head) if len(pooled_head) > 1 and len(pooled_base) > 1 else None
-    p, p_faster = (pooled.p_slower, pooled.p_faster) if pooled else (1.0, 1.0)
-    need = math.ceil(2 * len(each) / 3)
-    agree = sum(d > floor for d in each)
-    against = f"{len(base_cases)} baseline re-runs" if bases is not None else "the saved baseline's median"
-    runs = ", ".join(_pct(gs.pct(d)) for d in each)
-    first = _pct(v.change)
-    v.confirm = {
-        "reruns": len(each),
-        "against": against,
-        "each": [gs.pct(d) for d in each],
-        "median": gs.pct(overall),
-        "threshold": gs.pct(limit),
-        "agree": agree,
-        "needed": need,
-        "p": p,
-        "head_medians_ms": [c.median_ms for c in head_cases],
-        "reference_ms": reference * 1e3,
-    }
-    v.change, v.p, v.threshold = gs.pct(overall), p, gs.pct(limit)
-    noise = thresholds.noise(base, v.device)[0] if thresholds else None
-    if noise is not None:
-        half = gs.Z95 * gs.comparison_noise(noise, options.confirm_mode, len(each))
-        v.ci, v.ci_kind = (gs.pct(overall - half), gs.pct(overall + half)), "re-runs and calibrated between-run noise"
-    else:
-        v.ci, v.ci_kind = (gs.pct(min(each)), gs.pct(max(each))), "range of the re-runs (noise not calibrated)"
-    detail = f"{len(each)} fresh re-runs against {against}: {runs} (median {_pct(v.change)})"
-    if overall > limit and agree >= need and p < options.alpha:
-        v.timing = "slower"
-        v.why = f"confirmed: {detail}; beyond the {_pct(v.threshold, sign=False)} threshold, p={p:.2g}"
-    elif overall > limit:
-        v.timing = "noisy"
-        v.why = (
-            f"not confirmed, the re-runs disagree: {detail}; {agree} of {len(each)} beyond the minimum effect "
-            f"(needed {need}), p={p:.2g}"
-        )
-    elif overall < -limit and sum(d < -floor for d in each) >= need and p_faster < options.alpha:
-        v.timing = "faster"
-        v.why = f"{detail}; beyond the {_pct(v.threshold, sign=False)} threshold, p={p_faster:.2g}"
-    else:
-        v.timing = "unchanged"
-        v.why = f"not confirmed: one run said {first}; {detail}, within ±{_pct(v.threshold, sign=False)}"
-    v.verdict = "regressed" if v.problems else v.timing
-    if v.problems:
-        v.why = "; ".join(v.problems) + f" (timing: {v.timing}, {v.why})"
-
-
-def run_confirm(verdicts, base: Run, head: Run, options: Options, thresholds, baseline_dir, log) -> list[str]:
-    """Re-run the suspects and decide them; returns notes."""
-    todo = suspects(verdicts, base, head, options, thresholds)
-    if not todo:
-        return ["--confirm: no suspect to re-run"]
-    what = f"every timed case ({len(todo)})" if options.confirm_all else f"{len(todo)} suspect(s)"
-    log(f"--confirm: re-running {what} {options.repeats} times in fresh processes")
-    try:
-        heads, bases = rerun([v.case for v in todo], head, options.repeats, baseline_dir, log=log)
-    except GateError as error:
-        for v in todo:
-            v.why += " (NOT confirmed: the re-runs failed)"
-        return [f"--confirm could not re-run the suspects, their verdicts stand unconfirmed: {error}"]
-    for v in todo:
-        confirm_case(v, base.cases[v.case], heads, bases if baseline_dir else None, options, thresholds)
-    verdicts.sort(key=lambda v: (ORDER.index(v.verdict), v.case))
-    return [f"--confirm: {what} re-run {options.repeats} times in fresh processes"]
 
 
 # ------------------------------------------------------------------------------------------------ --calibrate
@@ -627,8 +511,8 @@ def _write(path: str | None, text: str) -> None:
 
 
 def _options(args) -> Options:
-    if args.alpha <= 0 or args.alpha >= 0.5 or args.sigmas <= 0 or args.confirm_runs < 1:
-        raise GateError("--alpha must be in (0, 0.5), --sigmas > 0, --confirm-runs >= 1")
+    if args.alpha <= 0 or args.alpha >= 0.5 or args.sigmas <= 0 or args.confirm_runs < MIN_PAIRS:
+        raise GateError(f"--alpha must be in (0, 0.5), --sigmas > 0, --confirm-runs >= {MIN_PAIRS} (pairs to decide)")
     if args.min_effect is not None and not 0 <= args.min_effect < 10:
         raise GateError(f"--min-effect {args.min_effect}: a fraction, e.g. 0.1 for 10%")
     return Options(
@@ -640,6 +524,7 @@ def _options(args) -> Options:
         allow_gone=args.allow_gone,
         min_effect=args.min_effect,
         confirm_all=args.confirm_all,
+        seed=getattr(args, "confirm_seed", None),
     )
 
 
@@ -671,11 +556,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="*", help="BASELINE HEAD (run files or storage folders); with --calibrate: the runs")
     p.add_argument("--thresholds", help="a thresholds file written by --calibrate")
     p.add_argument("--confirm", action="store_true", help="re-run suspected slowdowns in fresh processes first")
-    p.add_argument("--confirm-runs", type=int, default=CONFIRM_RUNS, help=f"re-runs per suspect ({CONFIRM_RUNS})")
+    p.add_argument(
+        "--confirm-runs",
+        type=int,
+        default=CONFIRM_RUNS,
+        help=f"the most pairs of fresh processes per case (default {CONFIRM_RUNS}; {MIN_PAIRS} before deciding)",
+    )
+    p.add_argument("--confirm-seed", type=int, help="seed of the randomized order of the sides in the re-run pairs")
     p.add_argument(
         "--confirm-baseline",
         metavar="DIR",
-        help="a checkout of the baseline's commit: re-run the suspects there too, alternating (implies --confirm)",
+        help="a checkout of the baseline's commit: re-run the suspects there too, in pairs (implies --confirm)",
     )
     p.add_argument(
         "--confirm-all",

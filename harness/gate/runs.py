@@ -13,7 +13,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,18 +229,17 @@ def _run(command: list[str], json_path: Path, cwd, env, log) -> Run:
     return load_run(json_path)
 
 
-def rerun(
-    node_ids: list[str],
+def launcher(
     head: Run,
-    repeats: int,
-    baseline_dir: str | Path | None = None,
+    baseline_dir: str | Path | None,
+    workdir: str | Path,
     rootdir: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> tuple[list[Run], list[Run]]:
-    """Re-run `node_ids` `repeats` times, each time in a fresh pytest process with the options `head` was run with
-    (recorded by the plugin); with `baseline_dir` (a checkout of the baseline's commit) the same cases run there
-    too, alternating with the head's so that a drift of the machine hits both. Returns (head re-runs, baseline
-    re-runs)."""
+) -> Callable[[list[str], str, int], Run]:
+    """The function --confirm calls for each fresh process: launch(node_ids, side, index) re-runs `node_ids` in a new
+    pytest process with the options `head` was run with (recorded by the plugin), in the head's root folder
+    (side "head") or in `baseline_dir`, a checkout of the baseline's commit (side "baseline"), writing its run under
+    `workdir`. Tests replace it with one that returns recorded runs."""
     meta = head.meta or {}
     if "rerun_args" not in meta:
         raise GateError(
@@ -252,17 +250,16 @@ def rerun(
     if not root.is_dir():
         log(f"  the head's root folder {root} is not here: re-running from {Path.cwd()}")
         root = Path.cwd()
-    heads, bases = [], []
-    with tempfile.TemporaryDirectory(prefix="nn-gate-") as tmp:
-        for r in range(repeats):
-            for side, where, out in (("baseline", baseline_dir, bases), ("head", root, heads)):
-                if where is None:
-                    continue
-                log(f"re-run {r + 1}/{repeats} ({side}, {len(node_ids)} case(s), a fresh process):")
-                path = Path(tmp) / f"{side}-{r}.json"
-                command = rerun_command(node_ids, list(meta["rerun_args"]), path, Path(tmp) / "reports", Path(where))
-                out.append(_run(command, path, where, None, log))
-    return heads, bases
+
+    def launch(node_ids: list[str], side: str, index: int) -> Run:
+        if side == "baseline" and baseline_dir is None:
+            raise GateError("a baseline re-run needs --confirm-baseline DIR (a checkout of the baseline's commit)")
+        where = Path(baseline_dir) if side == "baseline" else root
+        path = Path(workdir) / f"{side}-{index}.json"
+        command = rerun_command(node_ids, list(meta["rerun_args"]), path, Path(workdir) / "reports", where)
+        return _run(command, path, where, None, log)
+
+    return launch
 
 
 def _quote(arg: str) -> str:

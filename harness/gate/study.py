@@ -56,9 +56,12 @@ def _stock_alarms(base: Run, head: Run, limit: float = 0.10) -> set[str]:
 
 
 def _confirmed(base: Run, head: Run, reruns: list[Run], options, thresholds) -> list:
+    """--confirm against the saved baseline with other unchanged runs replayed as the fresh head processes (as many
+    as there are: the cap), no load guard (they are past runs)."""
+    options = gate.Options(**{**vars(options), "repeats": len(reruns), "seed": 0})
     verdicts = gate.compare(base, head, options, thresholds)
-    for v in gate.suspects(verdicts, base, head, options, thresholds):
-        gate.confirm_case(v, base.cases[v.case], reruns, None, options, thresholds)
+    replay = lambda node_ids, side, index: reruns[index]
+    gate.run_confirm(verdicts, base, head, options, thresholds, None, lambda m: None, replay, None, 1, lambda: 0.0)
     return verdicts
 
 
@@ -113,8 +116,8 @@ def study(args, pytest_args: list[str], log) -> int:
     r = options.repeats
     confirm = gate.Options(**{**vars(options), "confirm": True})
     rules = {"calibrated": Tally(), "uncalibrated (minimum effects)": Tally(), "stock median:10%": Tally()}
-    confirm_rule = f"calibrated + --confirm ({r} other runs as re-runs)"
-    if len(evaluation) >= r + 2 or len(injected) >= r + 1:
+    confirm_rule = f"calibrated + --confirm (up to {r} other runs as re-runs)"
+    if len(evaluation) >= gate.MIN_PAIRS + 2 or len(injected) >= gate.MIN_PAIRS + 1:
         rules[confirm_rule] = Tally()
 
     def slower(verdicts) -> set[str]:
@@ -126,7 +129,7 @@ def study(args, pytest_args: list[str], log) -> int:
         rules["uncalibrated (minimum effects)"].aa(slower(gate.compare(a, b, options, None)), n)
         rules["stock median:10%"].aa(_stock_alarms(a, b), n)
         others = [x for x in evaluation if x is not a and x is not b][:r]
-        if confirm_rule in rules and len(others) == r:
+        if confirm_rule in rules and len(others) >= gate.MIN_PAIRS:
             rules[confirm_rule].aa(slower(_confirmed(a, b, others, confirm, thresholds)), n)
     for e, j in itertools.product(evaluation, injected):
         targets = {name for name in j.cases if pattern in name and name in e.cases}
@@ -134,7 +137,7 @@ def study(args, pytest_args: list[str], log) -> int:
         rules["uncalibrated (minimum effects)"].detect(slower(gate.compare(e, j, options, None)), targets)
         rules["stock median:10%"].detect(_stock_alarms(e, j), targets)
         others = [x for x in injected if x is not j][:r]
-        if confirm_rule in rules and len(others) == r:
+        if confirm_rule in rules and len(others) >= gate.MIN_PAIRS:
             rules[confirm_rule].detect(slower(_confirmed(e, j, others, confirm, thresholds)), targets)
     header = ["rule", "A/A comparisons with a false alarm", "false alarms / case comparisons",
               f"injected {args.inject} caught"]  # fmt: skip
