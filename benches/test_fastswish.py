@@ -1,4 +1,4 @@
-"""FastSwish, from the autograd reference to the Triton kernels (kernels/), at two levels.
+"""FastSwish, from the autograd reference to the Triton kernels (nn_speedups/kernels/), at two levels.
 
 Kernel level (`test_kernel`): forward (read x, write y), backward (read x and dy, write dx) and both, over tensor
 sizes (quick: 2^16 and 2^20 elements in fp32; full: 2^16..2^28 in fp32 and bf16), for `reference-eager` (plain
@@ -39,8 +39,8 @@ from harness.env import last_level_cache_bytes
 from harness.matrix import matrix
 from harness.plugin import SETTINGS, VARIANT_NAMES
 from harness.variant import COMPILE, EAGER, Variant
-from kernels.fastswish import fastswish_custom, fastswish_reference
-from kernels.fastswish_triton import TRITON_INTERPRETER, backend_for, fastswish_triton
+from nn_speedups.kernels.fastswish import fastswish_custom, fastswish_reference
+from nn_speedups.kernels.fastswish_triton import TRITON_INTERPRETER, backend_for, fastswish_triton
 from optimizations import training
 
 IMPLEMENTATIONS = {

@@ -2,7 +2,7 @@
 
 `fastswish` is the plain reference formula (DESIGN.md, seed 001); `fastswish-custom` its custom autograd Function
 (saves only x), `fastswish-triton` its Triton op (on a CPU without TRITON_INTERPRET=1 that op runs the custom
-Function's math: see kernels.fastswish_triton.backend_for). All three live in kernels/.
+Function's math: see nn_speedups.kernels.fastswish_triton.backend_for). All three live in nn_speedups/kernels/.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from kernels import fastswish
-from kernels.fastswish import FastSwishCustom, FastSwishLayer, FastSwishReference, fastswish_reference
+from nn_speedups.kernels import fastswish
+from nn_speedups.kernels.fastswish import FastSwishCustom, FastSwishLayer, FastSwishReference, fastswish_reference
 
 __all__ = [
     "ACTIVATIONS",
@@ -30,7 +30,9 @@ FASTSWISH_B = fastswish.B
 
 
 def _fastswish_triton() -> nn.Module:
-    from kernels.fastswish_triton import FastSwishTriton  # registers the torch.library op; triton loads on first use
+    from nn_speedups.kernels.fastswish_triton import (
+        FastSwishTriton,
+    )  # registers the torch.library op; triton loads on first use
 
     return FastSwishTriton()
 

@@ -2,8 +2,8 @@
 
     from nn_speedups import ModelSpec, image_inputs, token_inputs, spec_from_example
 
-The suite's own packages (models, harness, optimizations, kernels, benches) are imported only when one of these names
-is first used, so that the pytest entry point (nn_speedups.pytest_plugin) stays cheap to load.
+The suite's own packages (models, harness, optimizations, nn_speedups.kernels, benches) are imported only when one
+of these names is first used, so that the pytest entry point (nn_speedups.pytest_plugin) stays cheap to load.
 """
 
 from __future__ import annotations

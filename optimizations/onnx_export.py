@@ -180,7 +180,7 @@ def export(model: nn.Module, example_inputs: tuple, config: ExportConfig) -> Onn
 
 def custom_op_translations() -> dict:
     """ONNX translations of the suite's own torch.library ops (FastSwish's Triton op decomposes to standard ops)."""
-    from kernels.fastswish_triton import onnx_translation_table
+    from nn_speedups.kernels.fastswish_triton import onnx_translation_table
 
     return dict(onnx_translation_table())
 

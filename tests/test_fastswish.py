@@ -30,8 +30,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from kernels.fastswish import MINIMUM_AT, A, B, FastSwishCustom, FastSwishLayer, fastswish_custom, fastswish_reference
-from kernels.fastswish_triton import FastSwishTriton, backend_for, export_onnx, fastswish_triton, onnx_translation_table
+from nn_speedups.kernels.fastswish import (
+    MINIMUM_AT,
+    A,
+    B,
+    FastSwishCustom,
+    FastSwishLayer,
+    fastswish_custom,
+    fastswish_reference,
+)
+from nn_speedups.kernels.fastswish_triton import (
+    FastSwishTriton,
+    backend_for,
+    export_onnx,
+    fastswish_triton,
+    onnx_translation_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -355,16 +369,16 @@ def test_backend_for_names_what_runs_and_importing_needs_no_triton():
     # torch itself imports triton when it first dispatches a custom op (torch._dynamo does), so what is checked is
     # that importing kernels imports no triton and that the CPU fallback never loads the Triton kernels module.
     code = (
-        "import sys, torch, kernels.fastswish_triton as k; print('triton' in sys.modules); "
+        "import sys, torch, nn_speedups.kernels.fastswish_triton as k; print('triton' in sys.modules); "
         "assert k.backend_for('cpu') == 'custom-function-fallback'; "
-        "k.fastswish_triton(torch.ones(3)); print('kernels.fastswish_triton_kernels' in sys.modules)"
+        "k.fastswish_triton(torch.ones(3)); print('nn_speedups.kernels.fastswish_triton_kernels' in sys.modules)"
     )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     imported_triton, loaded_kernels = result.stdout.split()
-    assert imported_triton == "False", "importing kernels.fastswish_triton imported triton"
+    assert imported_triton == "False", "importing nn_speedups.kernels.fastswish_triton imported triton"
     assert loaded_kernels == "False", "the CPU fallback loaded the Triton kernels"
 
 

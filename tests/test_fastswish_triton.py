@@ -18,8 +18,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels.fastswish import fastswish_reference
-from kernels.fastswish_triton import backend_for, fastswish_triton
+from nn_speedups.kernels.fastswish import fastswish_reference
+from nn_speedups.kernels.fastswish_triton import backend_for, fastswish_triton
 from tests.test_fastswish import (
     ATOL,
     DTYPES,
@@ -51,7 +51,7 @@ def test_the_op_runs_the_triton_kernels():
     assert backend_for(device) == ("triton-interpreter" if interpreted() else "triton")
     x = wide(100).to(device)
     assert_matches(fastswish_triton(x).cpu(), fastswish_reference(x.double()).cpu(), x.cpu(), 2e-6, 1e-37)
-    kernels = sys.modules.get("kernels.fastswish_triton_kernels")
+    kernels = sys.modules.get("nn_speedups.kernels.fastswish_triton_kernels")
     assert kernels is not None, "the op did not load its Triton kernels"
     if interpreted():
         from triton.runtime.interpreter import InterpretedFunction
@@ -64,7 +64,7 @@ def test_the_op_runs_the_triton_kernels():
 @pytest.mark.parametrize("n", [1, 1023, 1024, 1025, 2 * 1024 + 3])
 def test_the_kernels_write_every_element_and_nothing_beyond(dtype, n):
     """Launch directly into the head of a NaN-filled buffer: every one of the n outputs is written, the tail is not."""
-    from kernels import fastswish_triton_kernels as kernels
+    from nn_speedups.kernels import fastswish_triton_kernels as kernels
 
     assert kernels.BLOCK == 1024, "the sizes above straddle one and two blocks"
     device, tail = triton_device(), 37

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.fastswish import JOINT, A, B, compute_dtype
+from nn_speedups.kernels.fastswish import JOINT, A, B, compute_dtype
 
 BLOCK = 1024
 TRITON_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}

@@ -4,8 +4,8 @@
   break. Its backward is a second op, `nn_speedups::fastswish_backward`; the forward saves only x.
 - Which code runs is `backend_for(device)`: "triton" (compiled kernels, CUDA), "triton-interpreter" (the same
   kernels under TRITON_INTERPRET=1, on CPU tensors), or "custom-function-fallback" (no usable Triton: the custom
-  autograd Function's torch math from kernels.fastswish, with the same save-only-x backward). Set TRITON_INTERPRET
-  before the first call: triton reads it once, when the kernels module is imported.
+  autograd Function's torch math from nn_speedups.kernels.fastswish, with the same save-only-x backward). Set
+  TRITON_INTERPRET before the first call: triton reads it once, when the kernels module is imported.
 - fp16/bf16 are computed in fp32 and returned in the input dtype. Under autocast the op passes its input's dtype
   through (no autocast rule is registered), so it follows whatever dtype the previous layer produced.
 - ONNX: pass `custom_translation_table=onnx_translation_table()` to `torch.onnx.export(..., dynamo=True)`, or call
@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.fastswish import JOINT, A, B, FastSwishLayer, fastswish_grad_values, fastswish_values
+from nn_speedups.kernels.fastswish import JOINT, A, B, FastSwishLayer, fastswish_grad_values, fastswish_values
 
 TRITON = "triton"
 TRITON_INTERPRETER = "triton-interpreter"
@@ -44,7 +44,7 @@ def backend_for(device: torch.device | str) -> str:
 
 
 def _kernels():
-    from kernels import fastswish_triton_kernels
+    from nn_speedups.kernels import fastswish_triton_kernels
 
     return fastswish_triton_kernels
 
