@@ -19,6 +19,7 @@ from harness.axes import Profile
 from harness.correctness import CHECKS, TRAINING_CHECK_STEPS, check_accuracy, check_training
 from harness.variant import Variant, VariantContext
 from models.registry import ModelSpec, build_model, count_parameters
+from optimizations.base import engine_message, engine_of
 
 
 class MeasurementError(AssertionError):
@@ -162,7 +163,13 @@ class BaselineCache:
 
         counter = FlopCounterMode(display=False)
         with torch.inference_mode(), counter:
-            reference = model(*inputs)
+            try:
+                reference = model(*inputs)
+            except Exception as error:  # noqa: BLE001 - a user's model at --image-size: its own error, in one line
+                refusal = size_refusal(case.spec, size, error)
+                if refusal is None:
+                    raise
+                raise refusal from None
         return Baseline(
             model=model,
             inputs=inputs,
@@ -202,8 +209,24 @@ class BaselineCache:
 
 
 def image_size_of(spec: ModelSpec, image_size: int) -> int:
-    """The input size a model runs at: its own when its spec fixes one (a user's model), else the run's."""
+    """The input size a model runs at: its own when its spec fixes one (a user's model: its example's size, or the
+    --image-size asked for, to which the plugin resized its example images: models.user.at_image_size), else the
+    run's."""
     return spec.image_size or image_size
+
+
+def size_refusal(spec: ModelSpec, size: int, error: BaseException) -> MeasurementError | None:
+    """The one-line failure of a user's model that --image-size resized and whose forward then raised (None for any
+    other model: its error stands as it is)."""
+    from models.user import cause, resized_from
+
+    own = resized_from(spec)
+    if own is None:
+        return None
+    return MeasurementError(
+        f"{spec.name} does not take {size} x {size} inputs (its example is {own[0]}x{own[1]}): drop --image-size or "
+        f"make the model take other sizes (e.g. adaptive pooling before its head); {cause(error, 200)}"
+    )
 
 
 def data_inputs(settings: Settings, batch_size: int, image_size: int | None = None) -> tuple[torch.Tensor]:
@@ -226,7 +249,25 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
     """Apply `case.variant`, check it against eager, time it; return the extra_info record.
 
     `trace` (harness.trace.Tracer.trace with the case's name bound) runs after everything else, untimed, on the
-    same runner."""
+    same runner. An engine's own exception (ONNX Runtime, TensorRT, OpenVINO), or inputs the model cannot be given,
+    end the case with a MeasurementError of one line: the engine's message cut to what matters and, where the
+    model can tell (an ONNX file), the input that most likely caused it."""
+    from models.user import UserModelError
+
+    try:
+        return _run_case(case, baselines, run, trace)
+    except UserModelError as error:
+        raise MeasurementError(f"{case.id}: {error}") from None
+    except Exception as error:
+        engine = engine_of(error)
+        if engine is None:
+            raise
+        message = engine_message(error)
+        hint = case.spec.explain_failure(message) if case.spec.explain_failure else ""
+        raise MeasurementError(f"{case.id}: {engine} failed: {message}{hint}") from None
+
+
+def _run_case(case: Case, baselines: BaselineCache, run: Callable | None, trace: Callable | None) -> dict:
     settings = baselines.settings
     meter = energy.meter(case.device)
     base = baselines.get(case)
@@ -240,6 +281,7 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
     try:
         is_cuda = torch.device(case.device).type == "cuda"
         nvml = metrics.NvmlProcessPeak(torch.device(case.device).index or 0) if is_cuda else contextlib.nullcontext()
+        metrics.settle_host_memory()  # host_mb: what this case adds to the process, whatever ran before it
         with metrics.HostPeak() as host, metrics.DevicePeak(case.device) as device_peak, nvml, torch.inference_mode():
             start = time.perf_counter()
             runner = variant.apply(base.model, base.inputs, ctx)
@@ -291,6 +333,8 @@ def run_case(case: Case, baselines: BaselineCache, run: Callable | None = None, 
         "speedup_vs_eager": timing.speedup(eager.median_ms, summary.median_ms),
         "peak_device_mb": peak_device_mb,
         "device_memory": runner.device_memory if is_cuda else None,
+        "host_mb": host.peak_mb - host.start_mb,
+        "build_host_mb": build_host_mb - host.start_mb,
         "peak_host_mb": host.peak_mb,
         "build_peak_host_mb": build_host_mb,
         "build_peak_device_mb": build_device_mb,
@@ -449,7 +493,14 @@ def training_baseline(case: Case, settings: Settings) -> TrainingBaseline:
         labels = torch.randint(0, case.spec.num_classes, (case.batch_size,), generator=torch.Generator().manual_seed(0))
         inputs = (images, labels.to(settings.device))
         step = training.apply(model, inputs, training.TrainStepConfig(device=settings.device))
-        losses = [step(*inputs).item() for _ in range(TRAINING_CHECK_STEPS)]
+        try:
+            losses = [step(*inputs).item()]
+        except Exception as error:  # noqa: BLE001 - a user's model at --image-size: its own error, in one line
+            refusal = size_refusal(case.spec, size, error)
+            if refusal is None:
+                raise
+            raise refusal from None
+        losses += [step(*inputs).item() for _ in range(TRAINING_CHECK_STEPS - 1)]
         _TRAINING[key] = TrainingBaseline(model, inputs, losses, count_parameters(model))
     return _TRAINING[key]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import io
 import os
 import threading
@@ -14,12 +17,35 @@ from torch import nn
 MB = 1024 * 1024
 
 
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def settle_host_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the system (glibc's malloc_trim), so that the RSS read
+    next is what live objects hold, not what the last case freed and malloc kept: the baseline of a per-case delta."""
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC is not None else None
+    if trim is not None:
+        trim(0)
+
+
 class HostPeak:
-    """Peak resident set size (MB) of this process while the block runs, sampled every `interval_s` by a thread."""
+    """Peak resident set size (MB) of this process while the block runs, sampled every `interval_s` by a thread;
+    `start_mb` is the RSS when the block began (call settle_host_memory() first for a delta that compares between
+    cases: peak_mb - start_mb is what the block added, whatever ran before it)."""
 
     def __init__(self, interval_s: float = 0.005) -> None:
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.start_bytes = 0
         self._process = psutil.Process(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -32,6 +58,7 @@ class HostPeak:
             self._sample()
 
     def __enter__(self) -> HostPeak:
+        self.start_bytes = self._process.memory_info().rss
         self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
@@ -52,6 +79,10 @@ class HostPeak:
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / MB
+
+    @property
+    def start_mb(self) -> float:
+        return self.start_bytes / MB
 
 
 class DevicePeak:

@@ -15,7 +15,9 @@ from harness.axes import PROFILES, default_profile
 from harness.bench import (
     BaselineCache,
     Case,
+    MeasurementError,
     Settings,
+    case_fields,
     measure_rounds,
     run_case,
     run_training_case,
@@ -33,6 +35,8 @@ OUTCOMES = pytest.StashKey[dict]()  # {"failed": {node id: message}, "skipped": 
 STOCK_REGRESSIONS = pytest.StashKey[list]()  # what --benchmark-compare-fail found, printed as a summary
 RUN_NAME = pytest.StashKey[str]()
 TRACER = pytest.StashKey[object]()  # a harness.trace.Tracer, or None without --traces
+INPUT_SIZES = pytest.StashKey[dict]()  # user model name -> what the run header says of its inputs
+FAILED_CASES = pytest.StashKey[dict]()  # node id -> the failed case's family, model, variant, batch (the report's)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,6 +97,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="NAME=SIZE",
         help="size of an open (symbolic) input dim of an --onnx graph other than the batch, e.g. sequence=128",
+    )
+    group.addoption(
+        "--onnx-inputs",
+        action="append",
+        default=None,
+        metavar="FILE.npz",
+        help="inputs of an --onnx graph by name (np.savez), used as saved or tiled along the batch dim",
+    )
+    group.addoption(
+        "--onnx-input",
+        action="append",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a scalar or small constant input of an --onnx graph, e.g. sr=16000 (repeatable)",
     )
     group.addoption("--seq-len", type=int, default=None, help="sequence length of hf: models (default 128)")
     group.addoption(
@@ -166,6 +184,7 @@ def _settings(config: pytest.Config) -> Settings:
     image_size = config.getoption("--image-size") or checkpoint.get("image_size") or profile.image_size
     if image_size <= 0 or image_size % 32:
         raise pytest.UsageError(f"--image-size {image_size}: give a positive multiple of 32 (e.g. 224)")
+    _user_image_sizes(config, models or (), image_size)
     from dataclasses import replace
 
     profile = replace(
@@ -215,11 +234,12 @@ def _with_user_models(config: pytest.Config, models: list[str] | None) -> list[s
 
     entries = [m for m in models or [] if ":" in m] + (config.getoption("--model") or [])
     onnx_files = config.getoption("--onnx") or []
-    if not entries and not onnx_files and not config.getoption("--onnx-dim"):
+    input_files, input_values = config.getoption("--onnx-inputs") or [], config.getoption("--onnx-input") or []
+    if not entries and not onnx_files and not config.getoption("--onnx-dim") and not input_files and not input_values:
         return models
     try:
         dims, seq_len = config.getoption("--onnx-dim") or [], config.getoption("--seq-len")
-        specs = load_user_specs(entries, onnx_files, dims, seq_len)
+        specs = load_user_specs(entries, onnx_files, dims, seq_len, input_files, input_values)
         names = iter([register_user(spec).name for spec in specs])
     except UserModelError as error:
         raise pytest.UsageError(str(error)) from None
@@ -333,13 +353,48 @@ def _check_trace_filter(session: pytest.Session) -> None:
         )
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash[SETTINGS]
     p = s.profile
-    return (
+    return [
         f"nn-speedups: profile {p.name} on {s.device}; image {s.image_size}; batch sizes "
-        f"{','.join(map(str, p.batch_sizes))}; models {','.join(p.models)}"
-    )
+        f"{','.join(map(str, p.batch_sizes))}; models {','.join(p.models)}",
+        "nn-speedups inputs: " + "; ".join(_input_size_line(config, m, s.image_size) for m in p.models),
+    ]
+
+
+def _user_image_sizes(config: pytest.Config, models, image_size: int) -> None:
+    """An explicit --image-size for the user's models whose example fixes a size: one float NCHW image input is
+    resized to it (models.user.at_image_size; the case fails in one line where the model does not take it), other
+    inputs stay the model's own and the run header says so."""
+    from models import get_spec
+    from models.user import at_image_size, is_user, register_user
+
+    sizes = config.stash[INPUT_SIZES] = {}
+    if config.getoption("--image-size") is None:
+        return
+    for name in models:
+        spec = get_spec(name)
+        if is_user(spec):
+            spec, sizes[name] = at_image_size(spec, image_size)
+            register_user(spec)
+
+
+def _input_size_line(config: pytest.Config, name: str, image_size: int) -> str:
+    """What a model of the run is fed, for the header: the size actually used, or its own inputs."""
+    from models import get_spec
+    from models.user import is_user
+
+    note = config.stash.get(INPUT_SIZES, {}).get(name)
+    if note:
+        return note
+    spec = get_spec(name)
+    if spec.image_size:
+        own = " (its own size)" if is_user(spec) else ""
+        return f"{name} {spec.image_size}x{spec.image_size}{own}"
+    if "vision" in spec.tags:
+        return f"{name} {image_size}x{image_size}"
+    return f"{name}: its own inputs" + (" (--image-size does not apply)" if config.getoption("--image-size") else "")
 
 
 def _skip_reason(
@@ -699,7 +754,14 @@ def _measurer(request, benchmark, measure_case):
         def drive(target, rounds):
             benchmark.pedantic(target, rounds=rounds, iterations=1, warmup_rounds=0)
 
-        record = measure_case(case, drive)
+        try:
+            record = measure_case(case, drive)
+        except MeasurementError as error:
+            failure = str(error)
+        else:
+            failure = None
+        if failure is not None:  # one line, no traceback through the suite (an engine's failure, OOM)
+            pytest.fail(failure, pytrace=False)
         _keep(request, benchmark, case.group, record)
         return record
 
@@ -727,7 +789,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if settings is not None and settings.profile.gpu_paths_only:
         smoke_summary(terminalreporter)
     records = config.stash.get(RECORDS, [])
-    if records:
+    if records or config.stash.get(FAILED_CASES, {}):  # every case failed: the report still says what, and why
         _write_report(terminalreporter, config, records)
     _stock_gate_summary(terminalreporter, config)
 
@@ -736,7 +798,17 @@ def _write_report(terminalreporter, config: pytest.Config, records: list) -> Non
     from harness import report
 
     run_name = config.stash[RUN_NAME]
-    run = {"machine_info": env.machine_info(), "benchmarks": records}
+    outcomes = config.stash.get(OUTCOMES, {"failed": {}, "skipped": {}})
+    cases = dict(config.stash.get(FAILED_CASES, {}))  # the bench cases that failed (not a self-test's failure)
+    run = {
+        "machine_info": env.machine_info(),
+        "benchmarks": records,
+        "nn_speedups": {
+            "failed": {node: line for node, line in outcomes["failed"].items() if node in cases},
+            "skipped": dict(outcomes["skipped"]),
+            "failed_cases": cases,
+        },
+    }
     paths = report.write_report(run, Path(config.getoption("--report-dir")) / run_name)
     terminalreporter.section("nn-speedups report")
     terminalreporter.write(report.render_tables(run))
@@ -778,11 +850,50 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     outcomes = item.config.stash.get(OUTCOMES, None)
     if outcomes is not None and report.failed:
-        message = call.excinfo.exconly() if call.excinfo else report.longreprtext
-        outcomes["failed"][item.nodeid] = (message.strip().splitlines() or [report.when])[0][:300]
+        outcomes["failed"][item.nodeid] = _failure_line(call, report)
+        if set(BENCH_FIXTURES) & set(getattr(item, "fixturenames", ())):  # a bench case: the report lists it
+            item.config.stash.setdefault(FAILED_CASES, {})[item.nodeid] = _case_fields(item)
     elif outcomes is not None and report.skipped and isinstance(report.longrepr, tuple):
         outcomes["skipped"][item.nodeid] = str(report.longrepr[2]).removeprefix("Skipped: ")[:200]
     return report
+
+
+def _case_fields(item: pytest.Item) -> dict:
+    """What the report's "Failed cases" rows say of a case: the fields a passed case's record starts with
+    (harness.bench.case_fields: family, model, activation, variant, dtype, batch...) and the world-size point; a test
+    without a case, its family (the bench file) and its parameter id as the variant."""
+    module = getattr(getattr(item, "module", None), "__name__", "") or ""
+    fields = {"family": module.rsplit(".", 1)[-1].removeprefix("test_"), "model": None, "activation": None,
+              "variant": None, "batch_size": None}  # fmt: skip
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    case = params.get("case")
+    if isinstance(case, Case):
+        fields.update(case_fields(case, item.config.stash[SETTINGS].profile.name))
+        point = getattr(params.get("scaling"), "id", None)
+        if point:
+            fields["world"] = point  # the distributed bench's world-size point (ws1, ws2-weak, ...)
+    elif hasattr(item, "callspec"):
+        fields["variant"] = item.callspec.id
+    return fields
+
+
+def _failure_line(call: pytest.CallInfo, report: pytest.TestReport) -> str:
+    """A failure as one line: the exception's first line; for one without a message (a bare `assert` outside the
+    test modules' assertion rewriting), the first `E ` line of the traceback that says more, or where it was raised."""
+    message = call.excinfo.exconly() if call.excinfo else report.longreprtext
+    line = (message.strip().splitlines() or [report.when])[0].strip()
+    if call.excinfo and ":" not in line:
+        said = [
+            text[1:].strip()
+            for text in report.longreprtext.splitlines()
+            if text.startswith("E ") and text[1:].strip() and text[1:].strip() != line
+        ]
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if said:
+            line = f"{line}: {said[0]}"
+        elif crash is not None:
+            line = f"{line} at {Path(crash.path).name}:{crash.lineno}"
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def rerun_args(config: pytest.Config) -> list[str]:
@@ -810,6 +921,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json:
         "rerun_args": rerun_args(config),
         "failed": dict(outcomes["failed"]),
         "skipped": dict(outcomes["skipped"]),
+        "failed_cases": dict(config.stash.get(FAILED_CASES, {})),  # harness.report's "Failed cases" rows
     }
 
 

@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -34,6 +35,92 @@ def rows(run: dict) -> list[dict]:
             continue
         out.append({"name": bench.get("name"), "group": bench.get("group"), **info})
     return out
+
+
+_CASE_ID = re.compile(r"^(?P<head>.+?)-bs(?P<batch>\d+)-(?P<variant>.+)$")
+_OWN_MODULES = ("harness.", "optimizations.", "models.", "kernels.")  # the suite's errors: messages for the reader
+_BARE_TYPES = ("AssertionError", "Failed")  # an assert's message, pytest.fail's (the suite's one-line failures)
+
+
+def _outcomes(run: dict) -> dict:
+    """{"failed": {node id: one line}, "skipped": {node id: reason}}: what the plugin saved beside the benchmarks."""
+    saved = run.get("nn_speedups") or {}
+    return {"failed": dict(saved.get("failed") or {}), "skipped": dict(saved.get("skipped") or {})}
+
+
+def _activations() -> set[str]:
+    try:
+        from models.activations import ACTIVATIONS
+    except Exception:  # noqa: BLE001 - the report reads saved runs without needing the models to import
+        return set()
+    return set(ACTIVATIONS)
+
+
+def reason_line(message: str, case_id: str = "") -> str:
+    """A failure's first meaningful line, trimmed: the suite's own errors (CorrectnessError, MeasurementError, ...)
+    and assertion messages without their type, other exceptions as `Type: message` without the module path, the
+    case's own id in front dropped."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    line = lines[0] if lines else "failed (no message)"
+    kind, sep, text = line.partition(": ")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", kind) and text.strip():
+        own = kind.startswith(_OWN_MODULES) or kind.rsplit(".", 1)[-1] in _BARE_TYPES
+        line = text.strip() if own else f"{kind.rsplit('.', 1)[-1]}: {text.strip()}"
+    for prefix in (f"{case_id}: ", f"{case_id} "):
+        if case_id and line.startswith(prefix) and len(line) > len(prefix):
+            line = line[len(prefix) :]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def failed_rows(run: dict) -> list[dict]:
+    """One row per failed case of the run (the node ids the plugin saved under nn_speedups.failed): its test name,
+    family, model, activation, variant label and batch (as the plugin saved them under nn_speedups.failed_cases;
+    else parsed from the node id), and the one-line reason. A case whose id is not model-bsN-variant keeps its id as
+    the variant."""
+    failed = _outcomes(run)["failed"]
+    if not failed:
+        return []
+    saved = (run.get("nn_speedups") or {}).get("failed_cases") or {}
+    activations = _activations()
+    out = []
+    for node_id, message in failed.items():
+        path, _, name = node_id.rpartition("::")
+        family = Path(path.replace("\\", "/")).stem.removeprefix("test_") if path else ""
+        case_id = name[name.index("[") + 1 : -1] if "[" in name and name.endswith("]") else ""
+        row = {"name": name or node_id, "fullname": node_id, "family": family, "model": None, "activation": None,
+               "variant": case_id or name, "batch_size": None}  # fmt: skip
+        match = _CASE_ID.match(case_id)
+        if match:
+            head = match["head"]
+            act = next((a for a in sorted(activations, key=len, reverse=True) if head.endswith(f"-{a}")), None)
+            row.update(model=head[: -len(act) - 1] if act else head, activation=act, variant=match["variant"])
+            row["batch_size"] = int(match["batch"])
+        row.update(saved.get(node_id) or {})
+        row["variant"] = row["variant"] or case_id or name
+        row["status"], row["reason"] = "failed", reason_line(message, case_id)
+        out.append(row)
+    return out
+
+
+def failed_tables(run: dict) -> list[tuple[str, str]]:
+    """The "Failed cases" section: one row per failed case with its one-line reason, and the skipped count."""
+    failed = failed_rows(run)
+    skipped = len(_outcomes(run)["skipped"])
+    if not failed:
+        return []
+    header = ["family", "model", "variant", "batch", "reason"]
+    body = [
+        [
+            r["family"] or "-",
+            (r["model"] or "-") + (f" ({r['activation']})" if r["activation"] else ""),
+            "-".join(filter(None, (_label({"dtype": None, **r}), r.get("world")))),
+            "-" if r["batch_size"] is None else str(r["batch_size"]),
+            r["reason"].replace("|", "\\|"),
+        ]
+        for r in failed
+    ]
+    note = f"\n{skipped} skipped (see -rs).\n" if skipped else ""
+    return [(f"Failed cases ({len(failed)})", _markdown_table(header, body) + note)]
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -62,8 +149,20 @@ def _world(row: dict) -> str:
     return f"ws{row['world_size']}" + (f"-{row['scaling']}" if row.get("scaling") not in (None, "reference") else "")
 
 
+MEMORY_LEGEND = (
+    "Memory: on a GPU the device peak while the variant runs (CUDA allocator, or NVML for ONNX Runtime/TensorRT); on "
+    "a CPU `host MB` is what the case adds to the process's resident memory (its RSS peak less the settled RSS just "
+    "before it, the eager baseline model included in that 'before'), so variants compare whatever order they ran in."
+)
+
+
+def _host(row: dict):
+    """What the case added to host memory (host_mb); the process's peak for runs saved before it existed."""
+    return row["host_mb"] if row.get("host_mb") is not None else row.get("peak_host_mb")
+
+
 def _memory(row: dict):
-    return row.get("peak_device_mb") if row.get("peak_device_mb") is not None else row.get("peak_host_mb")
+    return row.get("peak_device_mb") if row.get("peak_device_mb") is not None else _host(row)
 
 
 def _markdown_table(header: list[str], body: list[list[str]]) -> str:
@@ -123,10 +222,10 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
     for (family, model, activation), model_rows in by_model.items():
         batches = sorted({r["batch_size"] for r in model_rows})
         device = model_rows[0].get("device", "")
-        mem_kind = "device" if any(r.get("peak_device_mb") is not None for r in model_rows) else "host"
+        mem_kind = "peak device" if any(r.get("peak_device_mb") is not None for r in model_rows) else "host"
         header = ["variant"]
         for b in batches:
-            header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} peak {mem_kind} MB"]
+            header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} {mem_kind} MB"]
         with_accuracy = any(r.get("top1") is not None for r in model_rows)
         header += ["compile s", "check"] + (["top-1", "top-5", "agrees with eager"] if with_accuracy else [])
         variants: dict[str, dict[int, dict]] = defaultdict(dict)
@@ -214,7 +313,7 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
                 (r for r in table_rows if r.get("family") == family and r["model"] == model),
                 key=lambda r: (_label(r), r["batch_size"]),
             )
-            header = ["technique", "batch", "model size MB", "top-1", "top-5", "top-1 agrees", "RAM MB", "VRAM MB",
+            header = ["technique", "batch", "model size MB", "top-1", "top-5", "top-1 agrees", "host MB", "VRAM MB",
                       "latency ms", "samples/s"]  # fmt: skip
             body = [
                 [
@@ -224,7 +323,7 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
                     _pct(r.get("top1")),
                     _pct(r.get("top5")),
                     _pct(r.get("top1_agreement")),
-                    _fmt(r.get("peak_host_mb"), 0),
+                    _fmt(_host(r), 0),
                     _fmt(r.get("peak_device_mb"), 0),
                     _fmt(r["median_ms"]),
                     _fmt(r["samples_per_s"], 1),
@@ -579,8 +678,13 @@ def render_tables(run: dict, baseline: dict | None = None, link_base: Path | Non
     sections += compression_tables(run_rows) + distillation_tables(run_rows)
     sections += kernel_tables(run_rows) + training_tables(run_rows) + distributed_tables(run_rows)
     sections += trace_report.sections(run_rows, link_base)
-    for title, table in sections + operator_charts(run_rows):
+    for title, table in sections + operator_charts(run_rows) + failed_tables(run):
         text.append(f"\n### {title}\n\n{table}")
+    if sections:
+        text.append(f"\n{MEMORY_LEGEND}\n")
+    skipped = len(_outcomes(run)["skipped"])
+    if skipped and not failed_rows(run):
+        text.append(f"\n{skipped} skipped (see -rs).\n")
     if baseline is not None:
         text.append(f"\n### Compared with the baseline run\n\nBaseline machine: {_machine_line(baseline)}\n\n")
         text.append(comparison_table(run_rows, rows(baseline)))
@@ -588,7 +692,10 @@ def render_tables(run: dict, baseline: dict | None = None, link_base: Path | Non
     return "".join(text)
 
 
-def write_csv(run_rows: list[dict], path: Path) -> Path:
+def write_csv(run_rows: list[dict], path: Path, failed: list[dict] | None = None) -> Path:
+    """Every row of the run, status "passed" and an empty reason, then the failed cases (failed_rows) with status
+    "failed" and their one-line reason."""
+    run_rows = [{**r, "status": "passed", "reason": ""} for r in run_rows] + list(failed or [])
     fields: list[str] = []
     for r in run_rows:
         fields += [k for k in r if k not in fields]
@@ -697,7 +804,8 @@ def plot_latency(run_rows: list[dict], path: Path) -> Path:
 
 
 def write_report(run: dict, base: Path, baseline: dict | None = None, command: str | None = None) -> list[Path]:
-    """Write base.md, base.csv, base-speedup.png and base-latency.png; return their paths."""
+    """Write base.md, base.csv, base-speedup.png and base-latency.png; return their paths. The failed cases (saved
+    under run["nn_speedups"]["failed"]) get a section of the markdown and rows of the CSV, also when none passed."""
     base.parent.mkdir(parents=True, exist_ok=True)
     run_rows = rows(run)
     md = base.with_suffix(".md")
@@ -717,7 +825,8 @@ def write_report(run: dict, base: Path, baseline: dict | None = None, command: s
     if latency is not None:
         body += f"![latency against batch size]({latency.name})\n"
     md.write_text(header + body)
-    paths = [md, write_csv(run_rows, base.with_suffix(".csv"))] + [p for p in (speed, latency) if p is not None]
+    csv_path = write_csv(run_rows, base.with_suffix(".csv"), failed_rows(run))
+    paths = [md, csv_path] + [p for p in (speed, latency) if p is not None]
     if any("world_size" in r for r in run_rows):
         scaling_png = plot_scaling(run_rows, base.parent / f"{base.name}-scaling.png")
         paths.append(scaling_png)

@@ -29,6 +29,8 @@ class ModelSpec:
     input_names: the inputs' names in ONNX graphs and engines.
     image_size: the input size of a model whose inputs do not follow --image-size (None: they do).
     batch_sizes: the only batch sizes the model can run (None: any), e.g. an ONNX graph with a static batch.
+    explain_failure(engine message) -> a clause naming what of the model most likely caused an engine's failure
+        (an ONNX file: the generated input the failing node reads), or "".
     """
 
     name: str
@@ -41,6 +43,7 @@ class ModelSpec:
     input_names: tuple[str, ...] = ("input",)  # names of the inputs, for ONNX graphs and engines
     image_size: int | None = None  # a fixed input size that --image-size does not change
     batch_sizes: tuple[int, ...] | None = None  # the only batch sizes it runs (None: any)
+    explain_failure: Callable[[str], str] | None = None
 
     @property
     def is_conv(self) -> bool:

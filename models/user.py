@@ -312,6 +312,72 @@ def factory_spec(entry: str) -> ModelSpec:
     return spec_from_example(name, make, model, example, where)
 
 
+# ------------------------------------------------------------------------------------------ --image-size
+
+# name -> (the example's height, width; the resized inputs) of a user's model run at --image-size (at_image_size)
+RESIZED: dict[str, tuple[int, int, Callable]] = {}
+
+
+def _image_example(spec: ModelSpec, image_size: int) -> torch.Tensor | None:
+    """The spec's example batch (of one) asked for at `image_size`, when it is one float 4-D NCHW image tensor."""
+    if "onnx-file" in spec.tags:
+        return None  # an ONNX file's graph fixes its input shapes
+    try:
+        example = spec.example_inputs(1, image_size, "cpu", 0)
+    except Exception:  # noqa: BLE001 - user code; a model whose inputs cannot be asked for a size keeps its own
+        return None
+    if isinstance(example, torch.Tensor):
+        example = (example,)
+    if not (isinstance(example, (tuple, list)) and len(example) == 1 and isinstance(example[0], torch.Tensor)):
+        return None
+    image = example[0]
+    return image if image.is_floating_point() and image.dim() == 4 else None
+
+
+def _resized_inputs(example_inputs: Callable[..., tuple], size: int) -> Callable[..., tuple[torch.Tensor]]:
+    """example_inputs at size x size: the model's own images (its example's rows, or its calibration seeds'),
+    resized bilinearly (antialiased when shrinking) where they come at another size."""
+    from torch.nn import functional as F
+
+    def inputs(batch_size: int, image_size: int = size, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor]:
+        images = example_inputs(batch_size, size, "cpu", seed)
+        x = images if isinstance(images, torch.Tensor) else images[0]
+        if tuple(x.shape[-2:]) != (size, size):
+            resized = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = resized.to(x.dtype)
+        return (x.to(device),)
+
+    return inputs
+
+
+def at_image_size(spec: ModelSpec, image_size: int) -> tuple[ModelSpec, str]:
+    """A user's model run at an explicit --image-size: (the spec to run, what the run header says of its inputs).
+
+    One float 4-D NCHW image input at another size (the example's): a spec whose inputs are those images resized to
+    image_size x image_size, its `image_size` that size (whether the model takes it, the baseline's forward tells:
+    harness.bench fails the case in one line naming both sizes). Inputs that already follow the size: the spec as it
+    is. Anything else (token ids, several inputs, an ONNX file's fixed graph): the spec as it is, at its own inputs.
+    """
+    image = _image_example(spec, image_size)
+    if image is None:
+        return spec, f"{spec.name}: its own inputs (--image-size does not apply)"
+    height, width = (int(n) for n in image.shape[-2:])
+    if (height, width) == (image_size, image_size):
+        return spec, f"{spec.name} {image_size}x{image_size}"
+    inputs = _resized_inputs(spec.example_inputs, image_size)
+    RESIZED[spec.name] = (height, width, inputs)
+    if spec.name in SOURCES:  # the distributed family's ranks load the model again: at this size too
+        SOURCES[spec.name]["image_size"] = image_size
+    resized = replace(spec, example_inputs=inputs, image_size=image_size)
+    return resized, f"{spec.name} {image_size}x{image_size} (--image-size; its example is {height}x{width})"
+
+
+def resized_from(spec: ModelSpec) -> tuple[int, int] | None:
+    """The example's (height, width) of a user's model that at_image_size set to another size, else None."""
+    height, width, inputs = RESIZED.get(spec.name, (0, 0, None))
+    return (height, width) if inputs is not None and spec.example_inputs is inputs else None
+
+
 # ------------------------------------------------------------------------------------------ the command line
 
 
@@ -331,8 +397,12 @@ def load_user_specs(
     onnx_files: Sequence[str] = (),
     onnx_dims: Sequence[str] = (),
     seq_len: int | None = None,
+    onnx_input_files: Sequence[str] = (),
+    onnx_input_values: Sequence[str] = (),
 ) -> list[ModelSpec]:
-    """The specs of `--model` entries (module:factory, file.py:factory, hf:PATH) and `--onnx` files, in order."""
+    """The specs of `--model` entries (module:factory, file.py:factory, hf:PATH) and `--onnx` files, in order;
+    `onnx_input_files` (--onnx-inputs FILE.npz) and `onnx_input_values` (--onnx-input NAME=VALUE) feed the files'
+    inputs (models/onnx_file.py)."""
     from models import hf_folder, onnx_file
 
     if seq_len is not None and seq_len < 1:
@@ -349,12 +419,24 @@ def load_user_specs(
     dims = parse_dims(onnx_dims)
     if dims and not onnx_files:
         raise UserModelError("--onnx-dim sizes the open dims of an ONNX file: give the file with --onnx PATH")
+    given = onnx_file.parse_inputs(list(onnx_input_files), list(onnx_input_values))
+    if (given.arrays or given.values) and not onnx_files:
+        option = "--onnx-inputs" if given.arrays else "--onnx-input"
+        raise UserModelError(f"{option} feeds the inputs of an ONNX file: give the file with --onnx PATH")
     used: set[str] = set()
+    inputs_seen: set[str] = set()
     for entry in onnx_files:
-        spec, open_dims = onnx_file.onnx_spec(entry, dims)
+        spec, open_dims = onnx_file.onnx_spec(entry, dims, given)
+        inputs_seen |= set(spec.input_names)
         specs.append(spec)
         entries.append(entry)
         used |= open_dims
+    stray = sorted((set(given.arrays) | set(given.values)) - given.used)
+    if stray:
+        raise UserModelError(
+            f"{given.sources[stray[0]]}: no input of {', '.join(onnx_files)} is named {stray[0]!r} "
+            f"(inputs: {', '.join(sorted(inputs_seen))})"
+        )
     unused = sorted(set(dims) - used)
     if unused:
         raise UserModelError(
@@ -389,6 +471,8 @@ def reload(source: dict) -> ModelSpec:
     os.chdir(source["cwd"])
     try:
         (spec,) = load_user_specs([source["entry"]], seq_len=source["seq_len"])
+        if source.get("image_size"):  # the run's --image-size, where it resized the model's example images
+            spec, _ = at_image_size(spec, source["image_size"])
     finally:
         os.chdir(here)
     return register_user(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,3 +50,27 @@ class Runner:
 
 class NotEngagedError(AssertionError):
     """An optimization ran but did not do what it claims (e.g. a graph break or a silent fallback)."""
+
+
+# Engines outside PyTorch whose own exceptions end a case in one line (harness/bench.py: run_case), by the root of
+# the exception type's module (ONNX Runtime's are onnxruntime.capi.onnxruntime_pybind11_state.Fail and kin)
+ENGINES = ("onnxruntime", "tensorrt", "openvino", "polygraphy", "torch_tensorrt")
+_SOURCE = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp|cu):\d+\s*")  # a C++ source location
+_SIGNATURE = re.compile(r"(?:\w+(?:<[^<>]*>)?::)+~?\w+\((?:[^()]|\([^()]*\))*\)(?:\s*const)?\s*")  # ns::f(args)
+_QUALIFIED = re.compile(r"(?<!\S)(?:\w+::)+\w+(?!\S)\s*")  # a return type such as onnxruntime::common::Status
+
+
+def engine_of(error: BaseException) -> str | None:
+    """The engine an exception comes from (one of ENGINES), or None for any other exception."""
+    root = (type(error).__module__ or "").split(".")[0]
+    return root if root in ENGINES else None
+
+
+def engine_message(error: BaseException, limit: int = 400) -> str:
+    """An engine's exception cut to what matters, on one line: ONNX Runtime's status and message (the node it ran,
+    its status message) without the C++ source locations and signatures."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*([A-Z_]+)\s*:\s*", r"\1: ", text)
+    text = _QUALIFIED.sub("", _SIGNATURE.sub("", _SOURCE.sub("", text)))
+    text = re.sub(r"\s+", " ", text).strip() or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."

@@ -50,6 +50,20 @@ def _ort():
     return onnxruntime
 
 
+_RUN_OPTIONS = None
+
+
+def run_options():
+    """RunOptions for every session.run of the suite: a failing node comes back as the exception, which ends its case
+    in one line (harness/bench.py), so ONNX Runtime does not also log it to stderr (severity 4: fatal only; 3
+    still logs the failing node)."""
+    global _RUN_OPTIONS
+    if _RUN_OPTIONS is None:
+        _RUN_OPTIONS = _ort().RunOptions()
+        _RUN_OPTIONS.log_severity_level = 4
+    return _RUN_OPTIONS
+
+
 def provider_available(provider: str) -> str | None:
     """None when `provider` can run here, else the reason."""
     ort = _ort()
@@ -121,7 +135,7 @@ def _host_runner(session, input_names: list[str]):
         return tuple(x.detach().cpu().numpy() for x in inputs)
 
     def run(*arrays: np.ndarray):
-        outputs = session.run(output_names, dict(zip(input_names, arrays)))
+        outputs = session.run(output_names, dict(zip(input_names, arrays)), run_options())
         return torch.from_numpy(outputs[0]) if len(outputs) == 1 else tuple(torch.from_numpy(o) for o in outputs)
 
     return prepare, run
@@ -136,7 +150,7 @@ def _cuda_copies_runner(session, input_names: list[str]):
 
     def run(*tensors: torch.Tensor):
         arrays = [t.cpu().numpy() for t in tensors]
-        outputs = session.run(output_names, dict(zip(input_names, arrays)))
+        outputs = session.run(output_names, dict(zip(input_names, arrays)), run_options())
         return tuple(torch.from_numpy(o).to(tensors[0].device) for o in outputs)[0]
 
     return prepare, run
@@ -162,7 +176,7 @@ def _iobinding_runner(session, input_names: list[str]):
             # first call at this shape: let ORT allocate, then keep torch buffers of the shapes it produced
             for meta in outputs_meta:
                 binding.bind_output(meta.name, "cuda", tensors[0].device.index or 0)
-            session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding, run_options())
             produced = binding.get_outputs()
             buffers[key] = [
                 torch.empty(tuple(o.shape()), dtype=_TORCH[m.type], device=tensors[0].device)
@@ -173,7 +187,7 @@ def _iobinding_runner(session, input_names: list[str]):
             binding.bind_output(
                 meta.name, "cuda", out.device.index or 0, _NUMPY[out.dtype], tuple(out.shape), out.data_ptr()
             )
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, run_options())
         outs = buffers[key]
         return outs[0] if len(outs) == 1 else tuple(outs)
 

@@ -60,3 +60,52 @@ def test_count_flops_of_a_linear_and_a_conv():
     assert metrics.count_flops(nn.Linear(64, 32), (torch.randn(8, 64),)) == 2 * 8 * 64 * 32
     conv = nn.Conv2d(3, 16, kernel_size=3, padding=1)
     assert metrics.count_flops(conv, (torch.randn(2, 3, 10, 10),)) == 2 * 2 * 16 * 10 * 10 * 3 * 3 * 3
+
+
+# ------------------------------------------------------------------------------ host memory per case, in any order
+
+
+def _holding(megabytes: int):
+    """A variant whose runner holds `megabytes` of its own (a copy of the weights an engine would keep, say) and
+    computes the model's function."""
+    from optimizations.base import Runner
+
+    def apply(model, inputs, ctx):
+        held = torch.ones(megabytes * 2**20 // 4)  # written, so resident
+
+        def run(*xs):
+            return model(*xs) + 0 * held[0]
+
+        return Runner(fn=run, model=model)
+
+    return apply
+
+
+@pytest.mark.parametrize("order", [("small", "large"), ("large", "small")])
+def test_host_memory_is_what_each_case_adds_whatever_ran_before(order):
+    """Two variants of one model in one process: their host_mb is what each allocates (48 and 160 MB), in both
+    orders; peak_host_mb stays the process's own peak (torch and the model included), not a per-variant figure."""
+    from dataclasses import replace
+
+    from harness.axes import PROFILES
+    from harness.bench import BaselineCache, Case, Settings, run_case
+    from harness.variant import Variant
+    from models.registry import ModelSpec
+
+    spec = ModelSpec(
+        name="tiny-mlp",
+        build=lambda image_size=None: torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU()),
+        example_inputs=lambda b, image_size=0, device="cpu", seed=0: (
+            torch.randn(b, 64, generator=torch.Generator().manual_seed(seed)).to(device),
+        ),
+    )
+    profile = replace(PROFILES["quick"], min_rounds=3, max_rounds=3, warmup_rounds=1, timing_budget_s=0.01)
+    baselines = BaselineCache(Settings(device="cpu", profile=profile, image_size=32))
+    sizes = {"small": 48, "large": 160}
+    found = {}
+    for name in order:
+        variant = Variant(name, _holding(sizes[name]), check="exact")
+        found[name] = run_case(Case(spec, 4, variant, "cpu"), baselines)
+    for name, megabytes in sizes.items():
+        assert found[name]["host_mb"] == pytest.approx(megabytes, abs=16), (name, found[name]["host_mb"])
+    assert all(r["peak_host_mb"] > r["host_mb"] + 100 for r in found.values())  # torch alone holds more

@@ -24,7 +24,7 @@ from models.user import UserModel, UserModelError, factory_spec, load_user_specs
 from optimizations.onnx_export import ExportConfig, ExportError, export
 from tests.conftest import ROOT
 
-PACKAGES = ("models", "kernels", "optimizations", "harness", "benches", "nn_speedups")
+PACKAGES = ("models", "optimizations", "harness", "benches", "nn_speedups")
 
 
 def run_pytest(args: list[str], cwd: Path, pythonpath: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -423,3 +423,115 @@ def test_the_distributed_ranks_load_the_users_model_again(tmp_path):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (info,) = rows(out).values()
     assert info["model"] == "my_model" and info["world_size"] == 1 and info["image_size"] == 32  # its own size
+
+
+# ------------------------------------------------------------------------------------------ --image-size
+
+SIZED_MODELS = '''
+import torch
+from torch import nn
+
+
+class Pooled(nn.Module):
+    """Takes any image size: adaptive pooling before its head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def make_pooled():
+    return Pooled().eval(), torch.randn(2, 3, 32, 32)
+
+
+def make_flat():
+    """Takes 32x32 only: its head is sized for the flattened 32x32 feature map."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 10))
+    return model.eval(), torch.randn(2, 3, 32, 32)
+
+
+class Text(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(30, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(1))
+
+
+def make_text():
+    return Text().eval(), torch.randint(0, 30, (2, 6))
+'''
+
+
+def test_image_size_resizes_a_users_image_example_and_leaves_other_inputs_their_own(tmp_path, monkeypatch):
+    from models.registry import REGISTRY
+    from models.user import RESIZED, SOURCES, at_image_size, reload, resized_from
+
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7))
+    example = torch.randn(2, 3, 24, 24)
+    spec = spec_from_example("cnn", lambda: conv, conv, example)
+    resized, note = at_image_size(spec, 64)
+    assert note == "cnn 64x64 (--image-size; its example is 24x24)"
+    assert resized.image_size == 64 and resized_from(resized) == (24, 24) and resized_from(spec) is None
+    (images,) = resized.example_inputs(3, 64, "cpu", 0)
+    assert images.shape == (3, 3, 64, 64) and images.dtype == torch.float32
+    assert torch.allclose(images[0].mean(), example[0].mean(), atol=0.05)  # the example's own image, resized
+    assert resized.example_inputs(8, 64, "cpu", 1001)[0].shape == (8, 3, 64, 64)  # calibration seeds too
+    same, note = at_image_size(spec, 24)
+    assert same is spec and note == "cnn 24x24"
+    text = spec_from_example("text", TextModel, TextModel(), {"input_ids": torch.randint(3, 20, (2, 6)),
+                             "attention_mask": torch.ones(2, 6, dtype=torch.long)})  # fmt: skip
+    assert at_image_size(text, 64) == (text, "text: its own inputs (--image-size does not apply)")
+    onnx_image, _ = onnx_spec(str(image_graph(tmp_path / "classifier")), {})
+    assert at_image_size(onnx_image, 64) == (onnx_image, "classifier: its own inputs (--image-size does not apply)")
+    # a fresh process (a distributed rank) loads the model again at the size the run resized it to
+    (tmp_path / "sized_team.py").write_text(SIZED_MODELS)
+    monkeypatch.chdir(tmp_path)
+    (pooled,) = load_user_specs(["sized_team:make_pooled"])
+    try:
+        at_image_size(pooled, 64)
+        assert SOURCES["pooled"]["image_size"] == 64
+        again = reload(SOURCES["pooled"])
+        assert again.image_size == 64 and again.example_inputs(2, 64, "cpu", 0)[0].shape == (2, 3, 64, 64)
+    finally:
+        for table in (REGISTRY, SOURCES, RESIZED):
+            table.pop("pooled", None)
+        RESIZED.pop("cnn", None)
+
+
+def test_image_size_runs_a_users_image_model_at_that_size_or_fails_its_cases_in_one_line(tmp_path):
+    (tmp_path / "team.py").write_text(SIZED_MODELS)
+    out = tmp_path / "sized.json"
+    models = ["--model", "team:make_pooled", "--model", "team:make_flat", "--model", "team:make_text"]
+    args = ["-p", "harness.plugin", "--pyargs", "benches.test_inference", *models, "--batch-sizes", "1",
+            "--variants", "eager", "--report-dir", "reports", "-rfs"]  # fmt: skip
+    result = run_pytest([*args, "--image-size", "64", f"--benchmark-json={out}"], cwd=tmp_path, pythonpath=ROOT)
+    assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]  # flat's case failed
+    assert (
+        "nn-speedups inputs: pooled 64x64 (--image-size; its example is 32x32); flat 64x64 (--image-size; its "
+        "example is 32x32); text: its own inputs (--image-size does not apply)"
+    ) in result.stdout
+    found = rows(out)
+    assert set(found) == {"test_inference[pooled-bs1-eager-fp32]", "test_inference[text-bs1-eager-fp32]"}
+    assert found["test_inference[pooled-bs1-eager-fp32]"]["image_size"] == 64
+    assert found["test_inference[text-bs1-eager-fp32]"]["image_size"] is None
+    refusal = "flat does not take 64 x 64 inputs (its example is 32x32): drop --image-size or make the model take"
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "test_inference[flat-bs1-eager-fp32] - Failed: flat does not take" in failed[0]
+    assert refusal in result.stdout  # the failure's one line, in full
+    assert json.loads(out.read_text())["nn_speedups"]["failed"]["::test_inference[flat-bs1-eager-fp32]"].startswith(
+        f"Failed: {refusal}"
+    )
+    (md,) = (tmp_path / "reports").glob("*.md")
+    assert f"| inference | flat | eager-fp32 | 1 | {refusal}" in md.read_text()  # the report's failed cases
+    plain = run_pytest([*args, "--collect-only"], cwd=tmp_path, pythonpath=ROOT)
+    assert plain.returncode == 0, plain.stdout[-4000:] + plain.stderr[-4000:]
+    assert "nn-speedups inputs: pooled 32x32 (its own size); flat 32x32 (its own size); text: its own inputs" in (
+        plain.stdout
+    )
