@@ -5,9 +5,11 @@ Variants: `ort-cpu` at graph optimization levels disabled/basic/extended/all (se
 redundant operation removal, fusion" as figures); `ort-cuda` with IOBinding on torch CUDA tensors, and
 `ort-cuda-copies` feeding host arrays (what the copies cost); `ort-cuda-fp16` (the fp16 export); `ort-trt`
 (TensorRT execution provider, engine cache on); INT8: `ort-int8-minmax` / `ort-int8-percentile` (static QDQ,
-per-channel weights, calibrated on data-source images) for conv nets, `ort-int8-minmax` for BERT too (static QDQ of
-its weight MatMuls, calibrated on token sequences the checks never use: the graph TensorRT INT8 builds from) and
-`ort-int8-dynamic` for BERT.
+per-channel weights, calibrated on data-source images, or for a text model on token sequences the checks never use)
+and `ort-int8-dynamic` (int8 weight MatMuls, for any graph that has them), each with the recipe read from the
+exported graph (`quantize.graph_recipe`, named in the row's `int8_recipe`): a conv net's every op; a transformer's
+(text or vision) weight MatMuls/Gemms only, attention's score products, Softmax, LayerNorm and GELU kept float (the
+graph TensorRT INT8 builds from); a hybrid's (MobileViT) convs and weight MatMuls.
 
 Correctness before timing: fp32 sessions match eager (`exact`); fp16 and TensorRT keep cosine >= 0.99 (`lowp`);
 INT8 keeps SQNR >= 20 dB (`lossy`), reports top-1 agreement with eager on `--data` images, and must really hold
@@ -25,6 +27,8 @@ torch model), the baseline of the other rows; `ort-cuda-fp16` (an fp16 export) s
 from __future__ import annotations
 
 from dataclasses import replace
+
+import pytest
 
 from harness.bench import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_feeds
 from harness.matrix import matrix
@@ -67,22 +71,43 @@ def _quantized(runner: Runner, artifact) -> Runner:
     return runner
 
 
+def _recipe(runner: Runner, recipe: quantize.Recipe, line: str) -> None:
+    runner.info.update(int8_recipe=recipe.name, int8_recipe_detail=line)
+
+
 def ort_int8_static(method: str):
     def apply(model, inputs, ctx) -> Runner:
         source = _export(model, inputs, ctx)
-        text = "nlp" in ctx.spec.tags
-        artifact = quantize.quantize_static(source, calibration_feeds(ctx), quantize.static_config(method, text))
+        recipe = quantize.graph_recipe(source.path)  # from what the graph holds, not the model's tags
+        artifact = quantize.quantize_static(source, calibration_feeds(ctx), quantize.static_config(method, recipe))
         runner = ort_.apply(model, inputs, ort_.OrtConfig(provider="cpu"), artifact)
-        seen = f"token sequences (seed {CALIBRATION_SEED}+)" if text else f"images of {ctx.data}"
+        tags = ctx.spec.tags  # calibration_feeds' choice: images for a vision model, else example inputs
+        seen = (
+            f"token sequences (seed {CALIBRATION_SEED}+)"
+            if "nlp" in tags
+            else f"example inputs (seed {CALIBRATION_SEED}+)"
+            if "vision" not in tags
+            else f"images of {ctx.data}"
+        )
         runner.info["calibration"] = f"{method} on {CALIBRATION_IMAGES} {seen}"
+        _recipe(runner, recipe, recipe.describe())
         return _quantized(runner, artifact)
 
     return apply
 
 
 def ort_int8_dynamic(model, inputs, ctx) -> Runner:
-    artifact = quantize.quantize_dynamic(_export(model, inputs, ctx), quantize.DynamicQuantConfig())
-    return _quantized(ort_.apply(model, inputs, ort_.OrtConfig(provider="cpu"), artifact), artifact)
+    source = _export(model, inputs, ctx)
+    recipe = quantize.graph_recipe(source.path)
+    if not recipe.dynamic_applies:
+        pytest.skip(
+            f"ort-int8-dynamic quantizes weight MatMuls and embedding tables; {ctx.spec.name}'s graph has none "
+            f"(recipe {recipe.name}: its weights are Conv/Gemm, which the static INT8 variants quantize)"
+        )
+    artifact = quantize.quantize_dynamic(source, quantize.dynamic_config(recipe))
+    runner = ort_.apply(model, inputs, ort_.OrtConfig(provider="cpu"), artifact)
+    _recipe(runner, recipe, recipe.describe_dynamic())
+    return _quantized(runner, artifact)
 
 
 # onnx_file=True: the variant also runs on a model given as an ONNX file (--onnx), whose eager row is ORT fp32
@@ -114,7 +139,8 @@ VARIANTS = [
     ),
     Variant("ort-int8-minmax", ort_int8_static("minmax"), check="lossy", dtype="int8", **ORT),
     Variant("ort-int8-percentile", ort_int8_static("percentile"), check="lossy", dtype="int8", only="conv", **ORT),
-    Variant("ort-int8-dynamic", ort_int8_dynamic, check="lossy", dtype="int8", only="nlp", **ORT),
+    # any model whose graph has weight MatMuls (a transformer, text or vision); a conv net's case skips, saying why
+    Variant("ort-int8-dynamic", ort_int8_dynamic, check="lossy", dtype="int8", **ORT),
 ]
 
 
