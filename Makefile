@@ -3,11 +3,12 @@
 # make gpu-smoke: on a first GPU machine, every GPU-only path once (small), then the GPU workflow's own steps.
 # make gate-aa:   the regression gate's A/A study on this machine (run it on an idle machine; README, 'Catching
 #                 regressions'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
-# EXTRAS=dev,trt adds TensorRT (from NVIDIA's package index) to the environment.
+# EXTRAS: dev (the self-tests' tools) and ort (ONNX Runtime for the CPU); on a CUDA machine EXTRAS=dev,ort-gpu,trt
+# (onnxruntime-gpu, and TensorRT from NVIDIA's package index). Never ort and ort-gpu together: both are `onnxruntime`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= dev
+EXTRAS ?= dev,ort
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
@@ -32,13 +33,13 @@ test: $(STAMP)
 gpu-smoke: $(STAMP)
 	$(PY) -m pytest benches/ --profile smoke --benchmark-autosave --benchmark-save-data --benchmark-storage=.benchmarks/smoke
 	$(PY) -m pytest benches/ --profile smoke --benchmark-save-data --benchmark-json reports/smoke-head.json
-	-$(PY) -m harness.gate .benchmarks/smoke reports/smoke-head.json --json reports/smoke-gate.json \
+	-$(PY) -m nn_speedups.gate .benchmarks/smoke reports/smoke-head.json --json reports/smoke-gate.json \
 		--markdown reports/smoke-gate.md
 
 RUNS ?= 10
 INJECT_RUNS ?= 4
 gate-aa: $(STAMP)
-	$(PY) -m harness.gate --aa-study reports/gate-aa --runs $(RUNS) --inject-runs $(INJECT_RUNS) \
+	$(PY) -m nn_speedups.gate --aa-study reports/gate-aa --runs $(RUNS) --inject-runs $(INJECT_RUNS) \
 		--inject 'channels-last-fp32]:1.25' -- benches/test_inference.py
 
 lint: $(STAMP)

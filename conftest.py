@@ -1,2 +1,3 @@
-# The suite's pytest glue lives in harness/plugin.py; pytester lets the self-tests run real pytest sessions.
-pytest_plugins = ["harness.plugin", "pytester"]
+# The suite's pytest plugin (nn_speedups/plugin/) for every session of this checkout; pytester lets the self-tests run
+# real pytest sessions. An installed suite loads the plugin only for its benches (nn_speedups/pytest_plugin.py).
+pytest_plugins = ["nn_speedups.plugin", "pytester"]

@@ -6,13 +6,14 @@ Measures, per model and batch: latency, samples/s, `speedup_vs_eager` and `speed
 uncompressed model compiled with Inductor: the `compile` row, which runs in every profile here), top-1/top-5 and
 top-1 agreement with eager on the evaluation images of `--data`, SQNR against eager, `params` and `gflops` of the
 compressed model (a channel-pruned model really has fewer), `model_size_mb` from the file actually saved under
-artifacts/compression/ (a pruned-but-dense model is not smaller), the weight-coding stages (harness.weight_coding:
-int8 codes, Huffman coded with an exact decode round trip = `compressed_size_mb`, optional k-means codes, zstd of the
-file, each as a ratio to the fp32 file), `build_s` (calibration, pruning, fine-tune: apart from latency and from
-`compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`. The `eager` and `compile` rows carry the
-uncompressed file and what weight coding alone makes of it (models under 50M parameters; larger ones their file).
+artifacts/compression/ (a pruned-but-dense model is not smaller), the weight-coding stages
+(nn_speedups.measure.weight_coding: int8 codes, Huffman coded with an exact decode round trip = `compressed_size_mb`,
+optional k-means codes, zstd of the file, each as a ratio to the fp32 file), `build_s` (calibration, pruning, fine-tune:
+apart from latency and from `compile_s`), `top1_before_finetune` / `top1_after_finetune`, `sparsity`. The `eager` and
+`compile` rows carry the uncompressed file and what weight coding alone makes of it (models under 50M parameters; larger
+ones their file).
 
-Correctness before timing (thresholds in harness/correctness.py):
+Correctness before timing (thresholds in nn_speedups/measure/correctness.py):
 - `pt-int8-static`, `pt-int8-dynamic`: `lossy` (SQNR >= 20 dB against eager fp32; top-1 agreement reported); the
   graph must hold quantization ops and int8 weights, and must not recompile (a recompile loses Inductor freezing).
 - pruned, fine-tuned, QAT-trained and distilled models change the function on purpose: `accuracy`, top-1 on
@@ -37,14 +38,14 @@ import time
 
 import torch
 
-from harness import compression as comp
-from harness import metrics
-from harness.matrix import matrix
-from harness.variant import Variant, VariantContext, compile_runner
-from optimizations import prune
-from optimizations import quantize_torch as qt
-from optimizations.base import NotEngagedError, Runner
-from optimizations.finetune import FineTuneConfig, fine_tune
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import Variant, VariantContext, compile_runner
+from nn_speedups.measure import compression as comp
+from nn_speedups.measure import metrics
+from nn_speedups.optimizations import prune
+from nn_speedups.optimizations import quantize_torch as qt
+from nn_speedups.optimizations.base import NotEngagedError, Runner
+from nn_speedups.optimizations.finetune import FineTuneConfig, fine_tune
 
 FINETUNE_LR = 3e-4  # the training recipe's lr (AdamW): a pruned network has a lot to recover in few steps
 QAT_LR = 1e-5  # QAT only nudges trained weights towards the int8 grid
@@ -214,10 +215,10 @@ def distilled(teacher_name: str):
         """The same architecture trained the profile's way with a KD loss from the teacher (the profile's trained
         `teacher_name`); its row also carries the student trained alone (same data, same budget) and both students'
         latency against the teacher's, measured here at this batch."""
-        from harness import timing
-        from harness.accuracy import trained_checkpoint
-        from harness.bench import measure_rounds
-        from models import build_model, get_spec
+        from nn_speedups.measure import timing
+        from nn_speedups.measure.accuracy import trained_checkpoint
+        from nn_speedups.measure.protocol import measure_rounds
+        from nn_speedups.models import build_model, get_spec
 
         def build():
             with torch.inference_mode(False):  # training runs here when the checkpoints are not cached yet

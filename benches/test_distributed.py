@@ -1,6 +1,6 @@
 """Data-parallel training steps on torch.distributed (seed 001: "reducing runtime even further could be achieved by
 extending to multi GPU training"): convnext-seed and resnet50 under DistributedDataParallel, each case one `torchrun`
-job (harness.distributed), gloo on a CPU (one single-threaded process per core), NCCL on GPUs (one process per GPU).
+job (nn_speedups.distributed), gloo on a CPU (one single-threaded process per core), NCCL on GPUs (one process per GPU).
 
 Measures, per world size (`--world-sizes`, default 1,2): the slowest rank's step time per step (pytest-benchmark's
 rounds, so --benchmark-compare gates it), total and per-rank images/s, scaling efficiency against world size 1 of
@@ -11,8 +11,8 @@ peak memory per rank, compile time apart. `speedup_vs_eager` is total images/s o
 Correctness, before timing, inside the job: from the same weights on the same global batch, one step of the variant
 gives the same loss (the ranks' mean), averaged gradient and parameter update as one process's step on the whole
 batch (exact: fp32 tolerances; lowp for AMP and bf16 gradient compression: cosine >= 0.99), and every rank holds
-the same parameters afterwards (harness/correctness.py: check_distributed_step). resnet50's batch norm uses each
-rank's own statistics under DDP, so its reference normalizes each rank's share apart.
+the same parameters afterwards (nn_speedups/measure/correctness.py: check_distributed_step). resnet50's batch norm uses
+each rank's own statistics under DDP, so its reference normalizes each rank's share apart.
 
     pytest benches/test_distributed.py --benchmark-autosave
     pytest benches/test_distributed.py --models resnet50 --world-sizes 1,2,4,8 --batch-sizes 64 --profile full
@@ -20,10 +20,10 @@ rank's own statistics under DDP, so its reference normalizes each rank's share a
 
 from __future__ import annotations
 
-from harness.distributed.bench import DDP
-from harness.matrix import matrix
-from harness.variant import Variant
-from optimizations.distributed import step_apply
+from nn_speedups.distributed.bench import DDP
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import Variant
+from nn_speedups.optimizations.distributed import step_apply
 
 DIST = ("torchrun",)
 

@@ -31,17 +31,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import timing
-from harness.axes import DTYPES
-from harness.bench import measure_rounds
-from harness.correctness import check_exact
-from harness.env import last_level_cache_bytes
-from harness.matrix import matrix
-from harness.plugin import SETTINGS, VARIANT_NAMES
-from harness.variant import COMPILE, EAGER, Variant
+from nn_speedups.core.env import last_level_cache_bytes
 from nn_speedups.kernels.fastswish import fastswish_custom, fastswish_reference
 from nn_speedups.kernels.fastswish_triton import TRITON_INTERPRETER, backend_for, fastswish_triton
-from optimizations import training
+from nn_speedups.matrix.axes import DTYPES
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import COMPILE, EAGER, Variant
+from nn_speedups.measure import timing
+from nn_speedups.measure.correctness import check_exact
+from nn_speedups.measure.protocol import measure_rounds
+from nn_speedups.optimizations import training
+from nn_speedups.plugin import SETTINGS, VARIANT_NAMES
 
 IMPLEMENTATIONS = {
     "reference-eager": lambda: fastswish_reference,

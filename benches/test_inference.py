@@ -6,8 +6,8 @@ with gelu-tanh, relu, hardswish and each FastSwish implementation, eager and com
 model level: benches/test_fastswish.py.
 
 Correctness, before any timing: `exact` variants (fp32 compile, channels-last) match eager fp32 within the dtype
-tolerance of harness/correctness.py; `lowp` variants (AMP, half) keep cosine >= 0.99 with eager fp32; compiled
-variants must compile to at least one graph with no graph breaks.
+tolerance of nn_speedups/measure/correctness.py; `lowp` variants (AMP, half) keep cosine >= 0.99 with eager fp32;
+compiled variants must compile to at least one graph with no graph breaks.
 
     pytest benches/test_inference.py --benchmark-autosave
     pytest benches/test_inference.py --profile full --models convnext-seed --batch-sizes 1,8,64 --variants eager,compile
@@ -15,11 +15,11 @@ variants must compile to at least one graph with no graph breaks.
 
 from __future__ import annotations
 
-from harness.matrix import matrix
-from harness.variant import COMPILE, EAGER, Variant
-from optimizations import compile as compile_
-from optimizations import precision
-from optimizations.base import Runner
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import COMPILE, EAGER, Variant
+from nn_speedups.optimizations import compile as compile_
+from nn_speedups.optimizations import precision
+from nn_speedups.optimizations.base import Runner
 
 
 def compiled(mode=None, amp=False, channels_last=False):

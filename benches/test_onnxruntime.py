@@ -30,13 +30,13 @@ from dataclasses import replace
 
 import pytest
 
-from harness.bench import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_feeds
-from harness.matrix import matrix
-from harness.variant import EAGER, Variant
-from optimizations import onnxruntime as ort_
-from optimizations import quantize
-from optimizations.base import NotEngagedError, Runner
-from optimizations.onnx_export import ExportConfig, export, op_counts
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import EAGER, Variant
+from nn_speedups.measure.protocol import CALIBRATION_IMAGES, CALIBRATION_SEED, calibration_feeds
+from nn_speedups.optimizations import onnxruntime as ort_
+from nn_speedups.optimizations import quantize
+from nn_speedups.optimizations.base import NotEngagedError, Runner
+from nn_speedups.optimizations.onnx_export import ExportConfig, export, op_counts
 
 
 def _export(model, inputs, ctx, dtype: str = "fp32"):

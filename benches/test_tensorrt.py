@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from harness.bench import calibration_feeds
-from harness.matrix import matrix
-from harness.variant import EAGER, Variant
-from optimizations import quantize
-from optimizations import tensorrt as trt_
-from optimizations.base import Runner
-from optimizations.onnx_export import ExportConfig, export
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import EAGER, Variant
+from nn_speedups.measure.protocol import calibration_feeds
+from nn_speedups.optimizations import quantize
+from nn_speedups.optimizations import tensorrt as trt_
+from nn_speedups.optimizations.base import Runner
+from nn_speedups.optimizations.onnx_export import ExportConfig, export
 
 
 def engine(precision: str):

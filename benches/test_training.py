@@ -8,7 +8,7 @@ on its own, `data_images_per_s` / `data_epoch_s_projected` / `epoch_s_projected_
 
 Correctness, before timing: from the same seeded weights on the same fixed batch, each variant's loss goes down over
 4 steps and ends within 2% (fp32 variants) or 10% (16-bit autocast) of vanilla fp32's loss
-(harness/correctness.py: TRAINING_LOSS_RTOL); compiled variants compile with no graph breaks.
+(nn_speedups/measure/correctness.py: TRAINING_LOSS_RTOL); compiled variants compile with no graph breaks.
 
     pytest benches/test_training.py --benchmark-autosave
     pytest benches/test_training.py --profile full --models convnext-seed --variants vanilla,compile-amp
@@ -16,9 +16,9 @@ Correctness, before timing: from the same seeded weights on the same fixed batch
 
 from __future__ import annotations
 
-from harness.matrix import matrix
-from harness.variant import Variant
-from optimizations import training
+from nn_speedups.matrix.declare import matrix
+from nn_speedups.matrix.variant import Variant
+from nn_speedups.optimizations import training
 
 step = training.step_apply
 

@@ -3,11 +3,11 @@
 `make_model()` returns the model and one example batch; the suite infers the rest (name `my_model`, tags vision and
 conv from the [B, 3, 32, 32] float input and the convolutions, 10 classes from the logits):
 
-    pytest --pyargs benches.test_inference benches.test_onnxruntime --model my_model:make_model
+    pytest --pyargs nn_speedups.benches.test_inference nn_speedups.benches.test_onnxruntime --model my_model:make_model
 
 `make_spec()` says it all itself with a ModelSpec, the same record the built-in models use:
 
-    pytest --pyargs benches.test_inference --model my_model:make_spec
+    pytest --pyargs nn_speedups.benches.test_inference --model my_model:make_spec
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ class SmallNet(nn.Module):
         super().__init__()
         act = {"relu": nn.ReLU, "gelu": nn.GELU, "hardswish": nn.Hardswish}.get(activation)
         if act is None:
-            from models.activations import make_activation  # every activation the suite knows, fastswish included
+            # every activation the suite knows, fastswish included
+            from nn_speedups.models.activations import make_activation
 
             def act():
                 return make_activation(activation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import ModelSpec, register
+from nn_speedups.models.registry import ModelSpec, register
 
 SEQ_LEN = 128
 

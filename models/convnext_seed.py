@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.activations import make_activation
-from models.registry import ModelSpec, image_inputs, register
+from nn_speedups.models.activations import make_activation
+from nn_speedups.models.registry import ModelSpec, image_inputs, register
 
 CHANNELS = (64, 96, 128, 256)
 DEPTHS = (3, 3, 9, 3)

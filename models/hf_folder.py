@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.registry import ModelSpec
-from models.user import USER_TAG, UserModelError, cause, clean_name
+from nn_speedups.models.registry import ModelSpec
+from nn_speedups.models.user import USER_TAG, UserModelError, cause, clean_name
 
 HF_TAG = "hf"
 DEFAULT_SEQ_LEN = 128

@@ -24,8 +24,8 @@ class ModelSpec:
     num_classes: classifiers with [batch, num_classes] logits (accuracy columns; training benches with `vision`).
     tags: `vision` (one float [B, 3, H, H] image input: --data images for calibration and accuracy), `conv`
         (convolutions on 4-D inputs: channels-last variants), `nlp` (integer token inputs: the transformer INT8
-        recipes), `activation-slot` (build accepts activation=NAME of models.activations.ACTIVATIONS); the suite adds
-        `user`, `hf` and `onnx-file` to models given on the command line.
+        recipes), `activation-slot` (build accepts activation=NAME of nn_speedups.models.activations.ACTIVATIONS); the
+        suite adds `user`, `hf` and `onnx-file` to models given on the command line.
     input_names: the inputs' names in ONNX graphs and engines.
     image_size: the input size of a model whose inputs do not follow --image-size (None: they do).
     batch_sizes: the only batch sizes the model can run (None: any), e.g. an ONNX graph with a static batch.
@@ -100,7 +100,7 @@ def build_model(
 
 
 def load_state(path: str | Path) -> dict:
-    """The state dict in `path`: a plain one, or a harness.train checkpoint holding it under "model"."""
+    """The state dict in `path`: a plain one, or a nn_speedups.train checkpoint holding it under "model"."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--weights {path}: no such file (expected a state dict saved with torch.save)")

@@ -1,13 +1,15 @@
 """Your own model as a ModelSpec, so that every bench family runs on it through the same path as the built-in ones.
 
-Three ways in, all from the command line (harness/plugin.py turns them into registered specs before collection):
+Three ways in, all from the command line (nn_speedups/plugin/__init__.py turns them into registered specs before
+collection):
 
 - `--model [NAME=]module.path:factory` (or `path/to/file.py:factory`): `factory()` returns `(model, example_inputs)`
   or a `ModelSpec`. From a pair the spec is inferred: the name from NAME, else the factory (`make_foo` -> `foo`), else
   the module; tags from the inputs and the model (one float [B, 3, H, H] input: `vision`; 4-D float inputs and a
   Conv2d: `conv`; integer inputs of rank >= 2: `nlp`); `num_classes` from [B, K] logits of a last nn.Linear with K
   outputs. Inputs for other batch sizes repeat the example's rows (seed 0, what checks and timings use); other seeds
-  (INT8 calibration) draw new floats at the example's mean and spread, and new integers in its range.
+  (INT8 calibration) draw new floats at the example's mean and spread, and new integers in its range
+  (models/user_inputs.py, with the example images at an explicit --image-size).
 - `--model hf:PATH`: a local Hugging Face folder (models/hf_folder.py).
 - `--onnx [NAME=]PATH`: an ONNX file (models/onnx_file.py), its ONNX Runtime fp32 run as the baseline.
 
@@ -31,7 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.registry import REGISTRY, ModelSpec
+from nn_speedups.core.errors import one_line
+from nn_speedups.models.registry import REGISTRY, ModelSpec
+from nn_speedups.models.user_inputs import RESIZED, at_image_size, batch_like, resized_from  # noqa: F401 - from here too
 
 USER_TAG = "user"
 GENERIC_NAMES = {"", "model", "net", "network", "factory", "make", "build", "create", "get", "main", "spec"}
@@ -119,10 +123,8 @@ def _describe(value: object) -> str:
 
 
 def cause(error: BaseException, limit: int = 300) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= limit else text[:limit] + " ..."
+    """An exception as one short line: its type and the first line of its message (core.errors.one_line)."""
+    return one_line(error, limit)
 
 
 def _forward_names(model: nn.Module, count: int) -> tuple[str, ...]:
@@ -156,33 +158,6 @@ def infer_tags(model: nn.Module, inputs: Sequence[torch.Tensor]) -> set[str]:
     if any(not t.is_floating_point() and t.dtype != torch.bool and t.dim() >= 2 for t in inputs):
         tags.add("nlp")
     return tags
-
-
-def batch_like(example: Sequence[torch.Tensor]) -> Callable[..., tuple[torch.Tensor, ...]]:
-    """example_inputs(batch_size, image_size, device, seed) built from one example batch (see the module's doc)."""
-    example = tuple(x.cpu() for x in example)
-    rows = example[0].shape[0]
-
-    def inputs(batch_size: int, image_size: int = 0, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
-        index = (torch.arange(batch_size) + seed) % rows
-        if seed == 0:
-            return tuple(x[index].to(device) for x in example)
-        generator = torch.Generator().manual_seed(seed)
-        out = []
-        for x in example:
-            picked = x[index]
-            if x.is_floating_point():
-                spread = x.float().std().item() if x.numel() > 1 else 1.0
-                noise = torch.randn(picked.shape, generator=generator) * (spread or 1.0) + x.float().mean()
-                out.append(noise.to(x.dtype))
-            elif x.dtype == torch.bool or (x.min() >= 0 and x.max() <= 1):
-                out.append(picked)  # masks and flags keep the example's structure
-            else:
-                low, high = int(x.min()), int(x.max()) + 1
-                out.append(torch.randint(low, high, picked.shape, generator=generator, dtype=x.dtype))
-        return tuple(t.to(device) for t in out)
-
-    return inputs
 
 
 def spec_from_example(
@@ -312,72 +287,6 @@ def factory_spec(entry: str) -> ModelSpec:
     return spec_from_example(name, make, model, example, where)
 
 
-# ------------------------------------------------------------------------------------------ --image-size
-
-# name -> (the example's height, width; the resized inputs) of a user's model run at --image-size (at_image_size)
-RESIZED: dict[str, tuple[int, int, Callable]] = {}
-
-
-def _image_example(spec: ModelSpec, image_size: int) -> torch.Tensor | None:
-    """The spec's example batch (of one) asked for at `image_size`, when it is one float 4-D NCHW image tensor."""
-    if "onnx-file" in spec.tags:
-        return None  # an ONNX file's graph fixes its input shapes
-    try:
-        example = spec.example_inputs(1, image_size, "cpu", 0)
-    except Exception:  # noqa: BLE001 - user code; a model whose inputs cannot be asked for a size keeps its own
-        return None
-    if isinstance(example, torch.Tensor):
-        example = (example,)
-    if not (isinstance(example, (tuple, list)) and len(example) == 1 and isinstance(example[0], torch.Tensor)):
-        return None
-    image = example[0]
-    return image if image.is_floating_point() and image.dim() == 4 else None
-
-
-def _resized_inputs(example_inputs: Callable[..., tuple], size: int) -> Callable[..., tuple[torch.Tensor]]:
-    """example_inputs at size x size: the model's own images (its example's rows, or its calibration seeds'),
-    resized bilinearly (antialiased when shrinking) where they come at another size."""
-    from torch.nn import functional as F
-
-    def inputs(batch_size: int, image_size: int = size, device: str = "cpu", seed: int = 0) -> tuple[torch.Tensor]:
-        images = example_inputs(batch_size, size, "cpu", seed)
-        x = images if isinstance(images, torch.Tensor) else images[0]
-        if tuple(x.shape[-2:]) != (size, size):
-            resized = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            x = resized.to(x.dtype)
-        return (x.to(device),)
-
-    return inputs
-
-
-def at_image_size(spec: ModelSpec, image_size: int) -> tuple[ModelSpec, str]:
-    """A user's model run at an explicit --image-size: (the spec to run, what the run header says of its inputs).
-
-    One float 4-D NCHW image input at another size (the example's): a spec whose inputs are those images resized to
-    image_size x image_size, its `image_size` that size (whether the model takes it, the baseline's forward tells:
-    harness.bench fails the case in one line naming both sizes). Inputs that already follow the size: the spec as it
-    is. Anything else (token ids, several inputs, an ONNX file's fixed graph): the spec as it is, at its own inputs.
-    """
-    image = _image_example(spec, image_size)
-    if image is None:
-        return spec, f"{spec.name}: its own inputs (--image-size does not apply)"
-    height, width = (int(n) for n in image.shape[-2:])
-    if (height, width) == (image_size, image_size):
-        return spec, f"{spec.name} {image_size}x{image_size}"
-    inputs = _resized_inputs(spec.example_inputs, image_size)
-    RESIZED[spec.name] = (height, width, inputs)
-    if spec.name in SOURCES:  # the distributed family's ranks load the model again: at this size too
-        SOURCES[spec.name]["image_size"] = image_size
-    resized = replace(spec, example_inputs=inputs, image_size=image_size)
-    return resized, f"{spec.name} {image_size}x{image_size} (--image-size; its example is {height}x{width})"
-
-
-def resized_from(spec: ModelSpec) -> tuple[int, int] | None:
-    """The example's (height, width) of a user's model that at_image_size set to another size, else None."""
-    height, width, inputs = RESIZED.get(spec.name, (0, 0, None))
-    return (height, width) if inputs is not None and spec.example_inputs is inputs else None
-
-
 # ------------------------------------------------------------------------------------------ the command line
 
 
@@ -403,7 +312,7 @@ def load_user_specs(
     """The specs of `--model` entries (module:factory, file.py:factory, hf:PATH) and `--onnx` files, in order;
     `onnx_input_files` (--onnx-inputs FILE.npz) and `onnx_input_values` (--onnx-input NAME=VALUE) feed the files'
     inputs (models/onnx_file.py)."""
-    from models import hf_folder, onnx_file
+    from nn_speedups.models import hf_folder, onnx_file
 
     if seq_len is not None and seq_len < 1:
         raise UserModelError(f"--seq-len {seq_len}: give a positive length")

@@ -7,7 +7,7 @@ import os
 import torch
 import torchvision
 
-from models.registry import ModelSpec, image_inputs, register
+from nn_speedups.models.registry import ModelSpec, image_inputs, register
 
 
 def _cached_pretrained(arch: str):

@@ -28,7 +28,7 @@ class Runner:
     engine_profile: for engines outside PyTorch, `engine_profile(prepared_inputs, steps, out_dir, name)` runs the
         inputs `steps` times (after one warm-up) under the engine's own profiler (ONNX Runtime's session profiling,
         TensorRT's IProfiler) and returns {"source", "steps", "ops": [{"name", "op", "us", "bytes"}], "trace_file",
-        "kernels_counted"}; used by harness.trace in its untimed pass, never while timing.
+        "kernels_counted"}; used by nn_speedups.trace in its untimed pass, never while timing.
     fields: figures the optimization measured itself, kept in the record as they are (not prefixed like info) and
         taking precedence over the harness's generic ones: e.g. a pruned model's own params and gflops, build_s,
         the top-1 before and after a fine-tune.
@@ -52,8 +52,8 @@ class NotEngagedError(AssertionError):
     """An optimization ran but did not do what it claims (e.g. a graph break or a silent fallback)."""
 
 
-# Engines outside PyTorch whose own exceptions end a case in one line (harness/bench.py: run_case), by the root of
-# the exception type's module (ONNX Runtime's are onnxruntime.capi.onnxruntime_pybind11_state.Fail and kin)
+# Engines outside PyTorch whose own exceptions end a case in one line (nn_speedups/measure/protocol.py: run_case), by
+# the root of the exception type's module (ONNX Runtime's are onnxruntime.capi.onnxruntime_pybind11_state.Fail and kin)
 ENGINES = ("onnxruntime", "tensorrt", "openvino", "polygraphy", "torch_tensorrt")
 _SOURCE = re.compile(r"\S+\.(?:cc|cpp|cxx|h|hpp|cu):\d+\s*")  # a C++ source location
 _SIGNATURE = re.compile(r"(?:\w+(?:<[^<>]*>)?::)+~?\w+\((?:[^()]|\([^()]*\))*\)(?:\s*const)?\s*")  # ns::f(args)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optimizations.base import NotEngagedError, Runner
-from optimizations.precision import autocast_fn, to_channels_last
+from nn_speedups.optimizations.base import NotEngagedError, Runner
+from nn_speedups.optimizations.precision import autocast_fn, to_channels_last
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ updated parameters, whole even when FSDP2 shards them, come from `full_gradients
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import asdict, dataclass
 
@@ -18,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizations.base import Runner
+from nn_speedups.optimizations.amp_step import AmpStep, default_amp_dtype
+from nn_speedups.optimizations.base import Runner
 
 WRAPPERS = ("ddp", "fsdp2")
 COMM_HOOKS = (None, "bf16")
@@ -61,7 +61,9 @@ def apply(model: nn.Module, example_inputs: tuple, config: DistConfig) -> Runner
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        raise RuntimeError("optimizations.distributed.apply needs torch.distributed initialized (run under torchrun)")
+        raise RuntimeError(
+            "nn_speedups.optimizations.distributed.apply needs torch.distributed initialized (run under torchrun)"
+        )
     if config.compile:
         torch._dynamo.reset()
     device = _device_of(model)
@@ -72,28 +74,21 @@ def apply(model: nn.Module, example_inputs: tuple, config: DistConfig) -> Runner
     else:
         wrapped = _fsdp2(net, device, info)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    cuda = device.type == "cuda"
-    amp_dtype = (torch.float16 if cuda else torch.bfloat16) if config.amp else None
+    amp_dtype = default_amp_dtype(device.type) if config.amp else None  # fp16 on CUDA, bf16 on a CPU
     # fp16: a GradScaler starting at 2**10, not 2**16: a first step skipped for overflow (common from random
-    # weights at 2**16) would leave the correctness check no update to compare; the scale grows from there
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10) if amp_dtype == torch.float16 else None
+    # weights at 2**16) would leave the correctness check no update to compare; the scale grows from there.
+    # unscale: the gradients stay readable (full_gradients) after the step.
+    amp_step = AmpStep(optimizer, device.type, amp_dtype, init_scale=2.0**10, unscale=True, zero_grad="before_forward")
     forward = torch.compile(wrapped) if config.compile else wrapped
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    info.update(amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None, grad_scaler=scaler is not None)
+    info.update(
+        amp_dtype=str(amp_dtype).removeprefix("torch.") if amp_dtype else None, grad_scaler=amp_step.scaler is not None
+    )
+
+    def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(forward(images).float(), labels)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = F.cross_entropy(forward(images).float(), labels)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # the gradients stay readable (full_gradients) after the step
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        return loss.detach()
+        return amp_step(loss_of, images, labels)
 
     verify = ddp_graph_break_check(info) if config.compile else (lambda: None)
     return Runner(fn=step, model=net, verify=verify, info=info)
@@ -110,7 +105,7 @@ def ddp_graph_break_check(info: dict):
     def verify() -> None:
         from torch._dynamo.utils import counters
 
-        from optimizations.base import NotEngagedError
+        from nn_speedups.optimizations.base import NotEngagedError
 
         breaks = dict(counters["graph_break"])
         ours = {reason: n for reason, n in breaks.items() if not any(mark in reason for mark in DDP_BREAK_MARKS)}

@@ -1,8 +1,9 @@
 """A short supervised fine-tune, the step that makes pruning and quantization-aware training honest: AdamW and
 cross-entropy over (images, labels) batches of a data set's training split, for a fixed number of steps.
 
-Used by optimizations.prune (after channels are removed) and optimizations.quantize_torch (QAT). The batches come
-from the caller (the benches draw them from the training split of `--data`, never from the evaluation images).
+Used by nn_speedups.optimizations.prune (after channels are removed) and nn_speedups.optimizations.quantize_torch (QAT).
+The batches come from the caller (the benches draw them from the training split of `--data`, never from the evaluation
+images).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nn_speedups.optimizations.amp_step import AmpStep
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,16 @@ def fine_tune(
         (train_mode or nn.Module.train)(model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fp32, no autocast, no scaler: forward, zero_grad(set_to_none=True), backward, step
+        step = AmpStep(optimizer, torch.device(config.device).type, None, zero_grad="before_backward")
+
+        def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(model(images), labels)
+
         for images, labels in itertools.islice(itertools.cycle(batches), config.steps):
             # clones: batches made under inference_mode are inference tensors, which autograd cannot save
             images, labels = images.to(config.device).clone(), labels.to(config.device).clone()
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = step(loss_of, images, labels)
             losses.append(loss.item())
     return {
         "finetune_steps": len(losses),

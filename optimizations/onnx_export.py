@@ -12,13 +12,14 @@ import copy
 import hashlib
 import io
 import json
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from nn_speedups.core.errors import one_line
 
 MANIFEST = "manifest.json"
 
@@ -83,17 +84,6 @@ def _names(example_inputs: tuple) -> tuple[str, ...]:
 def _export_batch(example_inputs: tuple) -> tuple:
     """A dynamic dimension needs an example of size >= 2: repeat a batch of 1."""
     return tuple(x.repeat(2, *([1] * (x.dim() - 1))) if x.shape[0] == 1 else x for x in example_inputs)
-
-
-def _short(error: BaseException, limit: int = 600) -> str:
-    """The exporter's own words, in short: the first line of each error in the cause chain, innermost first."""
-    chain = []
-    while error is not None and len(chain) < 4:
-        first = next((line for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()), "")
-        chain.append(f"{type(error).__name__}: {first.strip()}")
-        error = error.__cause__ or error.__context__
-    short = " <- ".join(reversed(chain))
-    return short if len(short) <= limit else short[:limit] + " ..."
 
 
 def _load_cached(folder: Path) -> OnnxArtifact | None:
@@ -161,7 +151,9 @@ def export(model: nn.Module, example_inputs: tuple, config: ExportConfig) -> Onn
                 custom_translation_table=custom_op_translations(),
             )
     except Exception as error:  # noqa: BLE001 - the exporter raises many kinds; all mean "this model did not export"
-        raise ExportError(f"ONNX export of {config.name} ({config.dtype}) failed: {_short(error)}") from None
+        # the exporter's own words, in short: the first line of each error of the cause chain, innermost first
+        why = one_line(error, limit=600, chain=4)
+        raise ExportError(f"ONNX export of {config.name} ({config.dtype}) failed: {why}") from None
     onnx.checker.check_model(str(path))  # by path, so the external data is checked too
     graph = onnx.load(str(path), load_external_data=False)
     output_names = tuple(o.name for o in graph.graph.output)

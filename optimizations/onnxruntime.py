@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optimizations.base import NotEngagedError, Runner
+from nn_speedups.optimizations.base import NotEngagedError, Runner
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,7 +55,8 @@ _RUN_OPTIONS = None
 
 def run_options():
     """RunOptions for every session.run of the suite: a failing node comes back as the exception, which ends its case
-    in one line (harness/bench.py), so ONNX Runtime does not also log it to stderr (severity 4: fatal only; 3
+    in one line (nn_speedups/measure/protocol.py), so ONNX Runtime does not also log it to stderr (severity 4: fatal
+    only; 3
     still logs the failing node)."""
     global _RUN_OPTIONS
     if _RUN_OPTIONS is None:

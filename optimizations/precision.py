@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optimizations.base import Runner
+from nn_speedups.optimizations.base import Runner
 
 
 def autocast_fn(fn, device: str, dtype: torch.dtype):

@@ -7,7 +7,7 @@ so parameters, FLOPs, latency and the saved file all shrink).
   zeros: no speed-up and no smaller dense file; only the sparsity (and what entropy coding makes of it) changes.
 - `prune_channels` / `apply_channels`: `torch_pruning.pruner.BasePruner` with L1 magnitude group importance,
   `round_to` channels (8: the SIMD/tensor-core friendly multiple), the classifier head kept whole; then a
-  fine-tune (optimizations.finetune) on training batches the caller supplies.
+  fine-tune (nn_speedups.optimizations.finetune) on training batches the caller supplies.
 
 A model the pruner cannot handle raises PruningError with the library's reason in one line.
 """
@@ -22,19 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optimizations.base import NotEngagedError, Runner
+from nn_speedups.core.errors import one_line  # also nn_speedups.optimizations.quantize_torch's (imported from here)
+from nn_speedups.optimizations.base import NotEngagedError, Runner
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
 class PruningError(RuntimeError):
     """The pruner could not handle this model; the message is the library's reason, on one line."""
-
-
-def one_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message, with its type: what a failed case reports."""
-    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # ------------------------------------------------------------------------------------------ unstructured
@@ -177,10 +172,11 @@ def apply_channels(
     finetune=None,
     evaluate=None,
 ) -> Runner:
-    """Prune channels, then fine-tune on `train_batches` with `finetune` (an optimizations.finetune.FineTuneConfig;
-    None: no fine-tune). `evaluate(model) -> top-1` (on images the fine-tune never sees), when given, is recorded
+    """Prune channels, then fine-tune on `train_batches` with `finetune` (an
+    nn_speedups.optimizations.finetune.FineTuneConfig; None: no fine-tune). `evaluate(model) -> top-1` (on images the
+    fine-tune never sees), when given, is recorded
     before and after the fine-tune. The Runner runs the pruned model eagerly."""
-    from optimizations.finetune import fine_tune
+    from nn_speedups.optimizations.finetune import fine_tune
 
     start = time.perf_counter()
     pruned = prune_channels(model, example_inputs, config)

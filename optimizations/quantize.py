@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizations.onnx_export import MANIFEST, OnnxArtifact, _load_cached, sha256_files
+from nn_speedups.optimizations.onnx_export import MANIFEST, OnnxArtifact, _load_cached, sha256_files
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANTIZED_OPS = frozenset(

@@ -12,7 +12,8 @@
 - Dynamic INT8 (Linear-heavy models such as BERT): `quantize_(model, Int8DynamicActivationInt8WeightConfig())`,
   int8 per-channel weights, activations quantized per token at run time, compiled.
 - Quantization-aware training: `prepare_qat_pt2e` on the model exported in training mode (fake-quant with conv-bn
-  folding), a fine-tune (optimizations.finetune), `move_exported_model_to_eval`, `convert_pt2e`, compile as above.
+  folding), a fine-tune (nn_speedups.optimizations.finetune), `move_exported_model_to_eval`, `convert_pt2e`, compile as
+  above.
 - 2:4 semi-structured sparsity of Linear layers (CUDA, compute capability >= 8.0, fp16): a 2-of-4 magnitude mask,
   then torchao's `sparsify_(model, SemiSparseWeightConfig())`, checked against the same masked model run dense.
 
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from optimizations.base import NotEngagedError, Runner
-from optimizations.prune import one_line
+from nn_speedups.optimizations.base import NotEngagedError, Runner
+from nn_speedups.optimizations.prune import one_line
 
 INSTALL = "pip install -e . (torchao)"
 QUANTIZED_OP_PREFIXES = ("quantized_decomposed.", "onednn.q", "torchao.")
@@ -214,7 +215,7 @@ def compile_frozen(module: nn.Module, example_inputs: tuple, freezing: bool = Tr
     freezing (and `inductor_options`) patched in for this compilation only. Returns (compiled, compile_s, verify):
     verify() fails when later calls recompiled (a recompile would run without the patched options) or broke graphs.
     """
-    from optimizations.compile import graph_break_check
+    from nn_speedups.optimizations.compile import graph_break_check
 
     torch._dynamo.reset()
     compiled = torch.compile(module)

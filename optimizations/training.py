@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from optimizations.base import Runner
-from optimizations.compile import graph_break_check
-from optimizations.precision import to_channels_last
+from nn_speedups.optimizations.amp_step import AmpStep
+from nn_speedups.optimizations.base import Runner
+from nn_speedups.optimizations.compile import graph_break_check
+from nn_speedups.optimizations.precision import to_channels_last
 
 
 @dataclass(frozen=True)
@@ -49,38 +50,29 @@ def apply(model: nn.Module, example_inputs: tuple, config: TrainStepConfig) -> R
     """A Runner whose call `fn(images, labels)` runs one training step on a private copy of `model` and returns the
     loss (detached). The copy starts from `model`'s weights, so two variants start from the same point."""
     if config.compile:
-        torch._dynamo.reset()  # as in optimizations.compile: no graphs of an earlier variant in the way
+        torch._dynamo.reset()  # as in nn_speedups.optimizations.compile: no graphs of an earlier variant in the way
     net = copy.deepcopy(model).train()
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True if config.fused_adamw else None
     )
-    device_type = torch.device(config.device).type
-    scaler = torch.amp.GradScaler(device_type) if config.amp_dtype == torch.float16 and device_type == "cuda" else None
+    # fp16 on CUDA gets a GradScaler at torch's default scale (2**16); zero_grad before the forward
+    amp_step = AmpStep(optimizer, torch.device(config.device).type, config.amp_dtype, zero_grad="before_forward")
     forward = torch.compile(net) if config.compile else net
-    autocast = (
-        (lambda: torch.autocast(device_type, dtype=config.amp_dtype)) if config.amp_dtype else contextlib.nullcontext
-    )
+
+    def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with tf32_enabled(config.tf32):  # the forward only, as before: the backward runs outside the TF32 block
+            return F.cross_entropy(forward(images).float(), labels)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with tf32_enabled(config.tf32), autocast():
-            loss = F.cross_entropy(forward(images).float(), labels)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        return loss.detach()
+        return amp_step(loss_of, images, labels)
 
     def prepare(inputs: tuple) -> tuple:
         images, labels = inputs
         return (to_channels_last((images,))[0] if config.channels_last else images, labels)
 
-    info = {"optimizer": "AdamW" + (" fused" if config.fused_adamw else ""), "grad_scaler": scaler is not None}
+    info = {"optimizer": "AdamW" + (" fused" if config.fused_adamw else ""), "grad_scaler": amp_step.scaler is not None}
     verify = graph_break_check(info) if config.compile else (lambda: None)
     return Runner(fn=step, prepare=prepare, model=net, verify=verify, info=info)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,53 @@ def tiny_run(tmp_path_factory):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result, json.loads(out.read_text()), where
+
+
+# the repository's files a built wheel must hold (under nn_speedups/), as `git ls-files` would list them
+PACKAGE_FOLDERS = ("nn_speedups", "benches", "kernels", "models", "optimizations")
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> Path:
+    """The suite built as a wheel by pip (setuptools, no network), from a copy of the sources it packages."""
+    pytest.importorskip("pip", reason="building the suite's wheel needs pip")
+    where = tmp_path_factory.mktemp("wheel")
+    source = where / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    command = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    result = subprocess.run([*command, "-w", str(where / "dist"), str(source)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return next((where / "dist").glob("nn_speedups-*.whl"))
+
+
+@pytest.fixture(scope="session")
+def installed(wheel, tmp_path_factory) -> Path:
+    """That wheel installed by pip into a folder of its own (`pip install --target`): a site-packages to put on
+    PYTHONPATH, holding the suite as a user's environment would."""
+    site = tmp_path_factory.mktemp("installed") / "site"
+    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site)]
+    result = subprocess.run([*command, str(wheel)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return site
+
+
+@pytest.fixture(scope="session")
+def bare_python(tmp_path_factory) -> Path:
+    """An interpreter that sees this environment's packages (torch, pytest, ...) but not the suite: a venv whose only
+    path entry is the environment's site-packages, added without running its .pth files (so the editable install's
+    finder, which maps nn_speedups to this checkout, is not active). The suite is there only where PYTHONPATH says."""
+    import site
+    import venv
+
+    where = tmp_path_factory.mktemp("bare") / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(where)
+    python = where / "bin" / "python"
+    own = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True
+    ).stdout.strip()
+    Path(own, "environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python

@@ -1,5 +1,5 @@
-"""A tiny torchrun job for tests/test_distributed.py: ranks join a gloo group through harness.distributed.init_group
-(the process-group timeout the bench and harness.train use) and all-reduce once per step; one rank misbehaves at a
+"""A tiny torchrun job for tests/test_distributed.py: ranks join a gloo group through nn_speedups.distributed.init_group
+(the process-group timeout the bench and nn_speedups.train use) and all-reduce once per step; one rank misbehaves at a
 chosen step. Test-only: nothing else reads these options.
 
     torchrun --nproc-per-node 2 tests/dist_fault_job.py --mode raise --rank 1 --step 2 --timeout 3 --token T
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from harness.distributed import init_group
+from nn_speedups.distributed import init_group
 
 
 @record

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from harness import accuracy
-from models import build_model, get_spec
-from optimizations.base import Runner
+from nn_speedups.measure import accuracy
+from nn_speedups.models import build_model, get_spec
+from nn_speedups.optimizations.base import Runner
 from tests.conftest import ROOT, run_suite
 
 

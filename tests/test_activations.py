@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models.activations import ACTIVATIONS, fastswish_reference, make_activation
+from nn_speedups.models.activations import ACTIVATIONS, fastswish_reference, make_activation
 
 A, B = 42 / 13, 81 / 13
 

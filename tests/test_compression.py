@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness import weight_coding as wc
-from harness.correctness import CorrectnessError, check_accuracy
-from optimizations import prune
-from optimizations import quantize_torch as qt
-from optimizations.base import NotEngagedError
+from nn_speedups.measure import weight_coding as wc
+from nn_speedups.measure.correctness import CorrectnessError, check_accuracy
+from nn_speedups.optimizations import prune
+from nn_speedups.optimizations import quantize_torch as qt
+from nn_speedups.optimizations.base import NotEngagedError
 from tests.conftest import ROOT, run_suite
 
 
@@ -98,7 +98,7 @@ def test_unstructured_pruning_reaches_the_sparsity_and_leaves_the_dense_file_as_
     assert prune.weight_sparsity(pruned) == pytest.approx(0.5, abs=0.01)
     assert prune.weight_sparsity(model) == 0.0  # the original is untouched
     assert not any("weight_orig" in k or "mask" in k for k in pruned.state_dict())  # made permanent
-    from optimizations.finetune import FineTuneConfig, fine_tune
+    from nn_speedups.optimizations.finetune import FineTuneConfig, fine_tune
 
     batches = [(images(8, seed=s), torch.arange(8) % 10) for s in range(2)]
     tuned = prune.prune_unstructured(
@@ -119,7 +119,7 @@ def test_channel_pruning_removes_channels_shapes_flops_and_bytes(tmp_path):
     assert [c.out_channels for c in convs] == [8, 16, 16]  # 16, 32, 32 halved, multiples of 8
     assert pruned[-1].out_features == 10 and pruned[-1].in_features == 16  # the head keeps its classes
     assert pruned(x).shape == (2, 10)
-    from harness.metrics import count_flops
+    from nn_speedups.measure.metrics import count_flops
 
     assert count_flops(pruned, (x,)) < 0.5 * count_flops(model, (x,))
     small = wc.save_state(pruned.state_dict(), tmp_path / "p.pt").stat().st_size
@@ -133,7 +133,7 @@ def test_channel_pruning_removes_channels_shapes_flops_and_bytes(tmp_path):
 
 
 def test_fine_tune_lowers_the_loss_and_runs_under_inference_mode():
-    from optimizations.finetune import FineTuneConfig, fine_tune
+    from nn_speedups.optimizations.finetune import FineTuneConfig, fine_tune
 
     model = tiny_convnet()
     with torch.inference_mode():  # as a bench's apply runs; the batches are inference tensors
@@ -197,11 +197,11 @@ def test_the_accuracy_criterion_gates_the_top1_drop():
 
 
 def test_pruning_variants_skip_without_trained_weights():
-    from benches.test_compression import VARIANTS
-    from harness.axes import PROFILES
-    from harness.bench import Case, Settings
-    from harness.plugin import _skip_reason
-    from models import get_spec
+    from nn_speedups.benches.test_compression import VARIANTS
+    from nn_speedups.matrix.axes import PROFILES
+    from nn_speedups.measure.protocol import Case, Settings
+    from nn_speedups.models import get_spec
+    from nn_speedups.plugin import _skip_reason
 
     variant = next(v for v in VARIANTS if v.name == "prune-channels-30")
     settings = Settings(device="cpu", profile=PROFILES["quick"], image_size=32)
@@ -290,7 +290,7 @@ def test_compression_bench_runs_and_records_what_it_saved(tmp_path):
 
 
 def test_report_tables_and_accuracy_latency_plot(tmp_path):
-    from harness import report
+    from nn_speedups import report
 
     def row(variant, batch, ms, top1, **extra):
         return {"family": "compression", "model": "resnet18", "variant": variant, "dtype": "fp32", "batch_size": batch,

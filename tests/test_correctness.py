@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from harness.correctness import (
+from nn_speedups.measure.correctness import (
     LOSSY_MIN_SQNR_DB,
     LOWP_MIN_COSINE,
     CorrectnessError,

@@ -1,5 +1,5 @@
-"""Self-tests of harness/data.py: small data sets written in the real on-disk layouts (real JPEG files from PIL),
-loaded back through the real loaders. Each image is one flat colour that encodes its class, so a label can be
+"""Self-tests of nn_speedups/data/__init__.py: small data sets written in the real on-disk layouts (real JPEG files from
+PIL), loaded back through the real loaders. Each image is one flat colour that encodes its class, so a label can be
 checked against the pixels it came with."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 from torchvision import transforms
 
-from harness import data
+from nn_speedups import data
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 220, 40)]
 # Unsorted on purpose: TinyImageNet's wnids.txt is not sorted, labels must follow the sorted order.

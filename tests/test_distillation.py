@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness.train import TrainConfig, train
-from harness.train.losses import Distillation, kd_loss
+from nn_speedups.train import TrainConfig, train
+from nn_speedups.train.losses import Distillation, kd_loss
 from tests.test_train import QUICK, run_cli
 
 

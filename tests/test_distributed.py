@@ -1,6 +1,7 @@
 """Data-parallel training on torch.distributed (CPU, gloo, 2 single-threaded processes, tiny models): the bench family
 end to end (a DDP step equals one process's, rounds in pytest-benchmark, the scaling report), FSDP2's code path, a
-2-process `torchrun -m harness.train` resumed at world size 1, and robustness: a rank that raises, is killed or hangs
+2-process `torchrun -m nn_speedups.train` resumed at world size 1, and robustness: a rank that raises, is killed or
+hangs
 ends the whole job within a timeout with that rank's error, and leaves no process behind."""
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import capabilities
-from harness.correctness import CorrectnessError, check_distributed_step
-from harness.distributed import (
+from nn_speedups.core import capabilities
+from nn_speedups.distributed import (
     DistributedJobError,
     TorchrunMissing,
     check_launch,
@@ -29,7 +29,7 @@ from harness.distributed import (
     torchrun_command,
     world_size_problem,
 )
-from harness.distributed.bench import (
+from nn_speedups.distributed.bench import (
     Scaling,
     launch_job,
     make_job,
@@ -37,10 +37,11 @@ from harness.distributed.bench import (
     scaling_points,
     slowest_rank_times,
 )
-from harness.distributed.worker import covered
-from harness.variant import Variant
-from models import build_model, get_spec
-from optimizations.distributed import full_gradients, full_parameters, step_apply
+from nn_speedups.distributed.worker import covered
+from nn_speedups.matrix.variant import Variant
+from nn_speedups.measure.correctness import CorrectnessError, check_distributed_step
+from nn_speedups.models import build_model, get_spec
+from nn_speedups.optimizations.distributed import full_gradients, full_parameters, step_apply
 from tests.conftest import ROOT, run_suite
 
 pytestmark = pytest.mark.skipif(
@@ -160,14 +161,14 @@ def test_the_step_check_fails_when_ranks_do_not_average_their_gradients():
         check_distributed_step(whole, whole, "exact", 1e-6)
 
 
-# ------------------------------------------------------------------------------------------- harness.train
+# ------------------------------------------------------------------------------------------- nn_speedups.train
 
 
 def test_torchrun_harness_train_two_ranks_then_resume_at_world_size_one(tmp_path):
     common = ["--model", "resnet18", "--data", "synthetic", "--image-size", "32", "--batch-size", "16",
               "--train-samples", "128", "--eval-samples", "32", "--out-dir", str(tmp_path / "out"), "--scale-lr",
               "--base-batch-size", "16"]  # fmt: skip
-    target = ["-m", "harness.train", *common, "--epochs", "1"]
+    target = ["-m", "nn_speedups.train", *common, "--epochs", "1"]
     started = check_launch(launch(target, 2, timeout_s=300, log_dir=tmp_path / "logs", cwd=tmp_path))
     assert leftover_processes(started.pids) == []
     out = tmp_path / "out"
@@ -187,7 +188,7 @@ def test_torchrun_harness_train_two_ranks_then_resume_at_world_size_one(tmp_path
     assert not any(k.startswith("module.") for k in checkpoint["model"]), "the unwrapped model's state dict"
     # resume without torchrun (world size 1): the next epoch, 8 steps of 16, lr scaled to the batch of 16
     resumed = subprocess.run(
-        [sys.executable, "-m", "harness.train", *common, "--epochs", "2", "--resume", "auto"],
+        [sys.executable, "-m", "nn_speedups.train", *common, "--epochs", "2", "--resume", "auto"],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -261,7 +262,7 @@ def test_torchrun_missing_skips_with_the_fix(monkeypatch):
     reason = capabilities.missing_requirement("torchrun")
     assert reason.startswith("TORCHRUN='/no/such/torchrun --flag': no such executable; point TORCHRUN at torchrun")
     with pytest.raises(TorchrunMissing):
-        launch(["-m", "harness.distributed"], 1, timeout_s=10)
+        launch(["-m", "nn_speedups.distributed"], 1, timeout_s=10)
     monkeypatch.delenv("TORCHRUN")
     assert torchrun_command()[-2:] == ["-m", "torch.distributed.run"]
 

@@ -325,7 +325,7 @@ def test_inductor_compiled_forward_matches_eager(impl):
 
 
 def test_registry_entries_compute_fastswish():
-    from models.activations import ACTIVATIONS, make_activation
+    from nn_speedups.models.activations import ACTIVATIONS, make_activation
 
     xs = torch.tensor([-6.0, -3.0, -1.7, -0.5, 0.0, 0.3, 2.0, 3.0, 4.5], dtype=torch.float64)
     formula = [-1 / v**2 if v < -3 else v * (v + A) / B if v <= 3 else v for v in xs.tolist()]
@@ -338,9 +338,9 @@ def test_registry_entries_compute_fastswish():
 
 
 def test_models_with_an_activation_slot_take_the_fastswish_variants():
-    from models import REGISTRY, build_model
-    from models.activations import swap_activations
-    from models.registry import image_inputs
+    from nn_speedups.models import REGISTRY, build_model
+    from nn_speedups.models.activations import swap_activations
+    from nn_speedups.models.registry import image_inputs
 
     specs = [spec for spec in REGISTRY.values() if "activation-slot" in spec.tags]
     assert specs, "no model has an activation slot"

@@ -1,6 +1,6 @@
-"""The regression gate (harness.gate): its decisions on small saved runs of this suite's real benches
+"""The regression gate (nn_speedups.gate): its decisions on small saved runs of this suite's real benches
 (tests/fixtures/gate: how each was made is in the README there), its statistics, its answers to bad input, and end
-to end: a fixed-work variant through the plugin, run by pytest, gated by harness.gate and by the stock option.
+to end: a fixed-work variant through the plugin, run by pytest, gated by nn_speedups.gate and by the stock option.
 
 Nothing here asserts a timing: the fixtures' times are data, the --confirm re-runs are replayed from synthetic runs
 with a fake clock and load average, and the end-to-end variant's verdicts come from recorded data, not its sleep.
@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import gate, timing
-from harness.gate import runs as gate_runs
-from harness.gate import stats as gs
+from nn_speedups import gate
+from nn_speedups.gate import runs as gate_runs
+from nn_speedups.gate import stats as gs
+from nn_speedups.measure import timing
 from tests.conftest import ROOT
 
 FIXTURES = ROOT / "tests" / "fixtures" / "gate"
@@ -29,7 +30,7 @@ INT8 = "benches/test_onnxruntime.py::test_onnxruntime[resnet18-bs1-ort-int8-perc
 
 
 def run_gate(tmp_path, capsys, *args):
-    """python -m harness.gate ARGS, in process; (exit code, stdout, stderr, the verdicts' JSON or None)."""
+    """python -m nn_speedups.gate ARGS, in process; (exit code, stdout, stderr, the verdicts' JSON or None)."""
     out = tmp_path / "gate.json"
     code = gate.main([*map(str, args), "--json", str(out), "--markdown", str(tmp_path / "gate.md")])
     captured = capsys.readouterr()
@@ -581,9 +582,9 @@ BENCH = textwrap.dedent(
     import os
     import time
 
-    from harness.matrix import matrix
-    from harness.variant import Variant
-    from optimizations.base import Runner
+    from nn_speedups.matrix.declare import matrix
+    from nn_speedups.matrix.variant import Variant
+    from nn_speedups.optimizations.base import Runner
 
 
     def steady(model, inputs, ctx):
@@ -611,7 +612,7 @@ def _pytest(pytester, monkeypatch, slowdown: str, *args: str):
     monkeypatch.setenv("SLOWDOWN", slowdown)
     storage = f"file://{pytester.path / 'bench-storage'}"
     return pytester.runpytest_subprocess(
-        "-p", "harness.plugin", "--models", "resnet18", "--batch-sizes", "1", "--image-size", "32",
+        "-p", "nn_speedups.plugin", "--models", "resnet18", "--batch-sizes", "1", "--image-size", "32",
         "--weights", "random", f"--benchmark-storage={storage}", "--report-dir", str(pytester.path / "reports"), *args,
     )  # fmt: skip
 
@@ -636,7 +637,7 @@ def _shrink(path, factor=1000.0):
 
 def test_gate_end_to_end_on_a_fixed_work_variant(pytester, monkeypatch, capsys):
     """pytest saves a baseline through the plugin (its times then made 1000x shorter, as data); the head run against
-    it fails the stock --benchmark-compare-fail with a readable summary, not a traceback, and fails harness.gate;
+    it fails the stock --benchmark-compare-fail with a readable summary, not a traceback, and fails nn_speedups.gate;
     --confirm-baseline --confirm-all re-runs the case in real fresh pytest processes, in pairs, in the recorded
     order. Which verdict the re-runs' timings give is not asserted: it would depend on this machine."""
     pytester.makepyfile(test_gate_bench=BENCH)
@@ -655,7 +656,7 @@ def test_gate_end_to_end_on_a_fixed_work_variant(pytester, monkeypatch, capsys):
     assert "Field 'median' has failed PercentageRegressionCheck" in output
     assert "Traceback" not in output and "PerformanceRegression" not in output
     saved_meta = json.loads((tmp / "head.json").read_text())["nn_speedups"]
-    assert "-p" in saved_meta["rerun_args"] and "harness.plugin" in saved_meta["rerun_args"]
+    assert "-p" in saved_meta["rerun_args"] and "nn_speedups.plugin" in saved_meta["rerun_args"]
 
     code, out, err, verdicts = run_gate(tmp, capsys, storage, tmp / "head.json")
     assert code == 1 and by_case(verdicts)[STEADY]["verdict"] == "slower", out + err

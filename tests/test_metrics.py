@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness import metrics
+from nn_speedups.measure import metrics
 
 
 def test_host_peak_sees_a_short_lived_allocation():
@@ -68,7 +68,7 @@ def test_count_flops_of_a_linear_and_a_conv():
 def _holding(megabytes: int):
     """A variant whose runner holds `megabytes` of its own (a copy of the weights an engine would keep, say) and
     computes the model's function."""
-    from optimizations.base import Runner
+    from nn_speedups.optimizations.base import Runner
 
     def apply(model, inputs, ctx):
         held = torch.ones(megabytes * 2**20 // 4)  # written, so resident
@@ -87,10 +87,10 @@ def test_host_memory_is_what_each_case_adds_whatever_ran_before(order):
     orders; peak_host_mb stays the process's own peak (torch and the model included), not a per-variant figure."""
     from dataclasses import replace
 
-    from harness.axes import PROFILES
-    from harness.bench import BaselineCache, Case, Settings, run_case
-    from harness.variant import Variant
-    from models.registry import ModelSpec
+    from nn_speedups.matrix.axes import PROFILES
+    from nn_speedups.matrix.variant import Variant
+    from nn_speedups.measure.protocol import BaselineCache, Case, Settings, run_case
+    from nn_speedups.models.registry import ModelSpec
 
     spec = ModelSpec(
         name="tiny-mlp",

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models import REGISTRY, build_model, count_parameters, get_spec
-from models.convnext_seed import ConvNeXtSeed
+from nn_speedups.models import REGISTRY, build_model, count_parameters, get_spec
+from nn_speedups.models.convnext_seed import ConvNeXtSeed
 
 EXPECTED_MODELS = {
     "convnext-seed",

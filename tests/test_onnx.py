@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from harness.capabilities import has_cuda
-from harness.correctness import check_exact, check_lossy
-from optimizations import onnxruntime as ort_
-from optimizations import quantize
-from optimizations.base import NotEngagedError
-from optimizations.onnx_export import ExportConfig, ExportError, export, op_counts
+from nn_speedups.core.capabilities import has_cuda
+from nn_speedups.measure.correctness import check_exact, check_lossy
+from nn_speedups.optimizations import onnxruntime as ort_
+from nn_speedups.optimizations import quantize
+from nn_speedups.optimizations.base import NotEngagedError
+from nn_speedups.optimizations.onnx_export import ExportConfig, ExportError, export, op_counts
 
 
 def small_convnet() -> nn.Module:
@@ -217,9 +217,9 @@ def test_not_engaged_error_is_an_assertion():
 
 
 def test_calibration_of_a_text_model_uses_token_batches_the_checks_never_see():
-    from harness.bench import CALIBRATION_BATCH, CALIBRATION_IMAGES, calibration_feeds
-    from harness.variant import VariantContext
-    from models import get_spec
+    from nn_speedups.matrix.variant import VariantContext
+    from nn_speedups.measure.protocol import CALIBRATION_BATCH, CALIBRATION_IMAGES, calibration_feeds
+    from nn_speedups.models import get_spec
 
     spec = get_spec("bert-base")
     feeds = calibration_feeds(VariantContext("cpu", torch.float32, spec, 224, "synthetic"))

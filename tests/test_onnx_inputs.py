@@ -4,6 +4,9 @@ generates, and an engine's failure ending each case in one line that names the i
 
 from __future__ import annotations
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +15,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from models.onnx_file import OnnxFileModule, inputs_behind, onnx_spec, parse_inputs
-from models.user import UserModelError, load_user_specs
-from optimizations.base import engine_message
+from nn_speedups.models import onnx_file as model_file
+from nn_speedups.models.onnx_file import OnnxFileModule, inputs_behind, onnx_spec, parse_inputs
+from nn_speedups.models.user import UserModelError, load_user_specs
+from nn_speedups.optimizations import onnx_file as engine_file
+from nn_speedups.optimizations.base import engine_message
 from tests.conftest import ROOT
 from tests.test_user_models import rows, run_pytest
 
@@ -223,7 +228,7 @@ def test_onnx_files_through_the_benches_run_with_given_inputs_or_fail_each_case_
     np.savez(files / "state.npz", state=np.zeros((2, 1, 16), np.float32))
     np.savez(files / "page.npz", image=np.random.default_rng(4).random((1, 3, 32, 48), np.float32))
     out = tmp_path / "run.json"
-    common = ["-p", "harness.plugin", "--pyargs", "benches.test_onnxruntime", "--batch-sizes", "1,2",
+    common = ["-p", "nn_speedups.plugin", "--pyargs", "nn_speedups.benches.test_onnxruntime", "--batch-sizes", "1,2",
               "--variants", "eager,ort-cpu,ort-cpu-opt-disabled", "--report-dir", "reports", "-q"]  # fmt: skip
     result = run_pytest(
         [*common, "--onnx", str(vad), "--onnx", str(detector), "--onnx-inputs", str(files / "state.npz"),
@@ -245,5 +250,76 @@ def test_onnx_files_through_the_benches_run_with_given_inputs_or_fail_each_case_
     for line in failures:
         assert "onnxruntime failed: FAIL: Non-zero status code returned while running If node. Name:'If_0'" in line
         assert "node 'If_0' reads sr (from --onnx-input sr=8000)" in line
-    assert "Traceback" not in bad.stdout and "harness/bench.py" not in bad.stdout
+    assert "Traceback" not in bad.stdout and "nn_speedups/measure/protocol.py" not in bad.stdout
     assert "another exception occurred" not in bad.stdout
+
+
+# models/ describes what runs; optimizations change how it runs (CONTRIBUTING): no models/ file imports one, nor the
+# measuring side or the pytest plugin. What runs an ONNX file is supplied to models/onnx_file.py from outside.
+LAYERED = ("nn_speedups.optimizations", "nn_speedups.measure", "nn_speedups.plugin")
+
+
+def imported_modules(source: str, package: str = "nn_speedups.models") -> set[str]:
+    """Every module a file's code imports, anywhere in it (functions included): `import X`, `from X import Y` (as X
+    and X.Y), relative imports resolved against `package`, and importlib.import_module / __import__ of a literal."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value)
+    return found
+
+
+def layering_breaks(source: str) -> list[str]:
+    return sorted(m for m in imported_modules(source) if any(m == f or m.startswith(f + ".") for f in LAYERED))
+
+
+def test_the_layering_check_sees_every_form_of_import():
+    for line in [
+        "from nn_speedups.optimizations.tensorrt import onnx_external_files",
+        "def f():\n    from nn_speedups.optimizations import onnxruntime as ort_",
+        "import nn_speedups.measure.protocol",
+        "from nn_speedups import plugin",
+        "from ..optimizations.onnx_export import ExportError",
+        "importlib.import_module('nn_speedups.optimizations.onnx_file')",
+    ]:
+        assert layering_breaks(line), line
+    assert not layering_breaks("from nn_speedups.models.registry import ModelSpec\nimport onnx  # optimizations")
+
+
+def test_models_import_no_optimization_nor_the_measuring_side():
+    files = sorted((ROOT / "models").glob("*.py"))
+    assert {"onnx_file.py", "onnx_inputs.py", "user.py", "registry.py"} <= {f.name for f in files}
+    breaks = {f.name: layering_breaks(f.read_text()) for f in files}
+    assert not {name: found for name, found in breaks.items() if found}
+
+
+def test_the_models_load_without_the_optimizations_and_an_onnx_file_runs_through_the_engine_supplied():
+    """In a fresh interpreter the models (every file, ONNX and user models included) load none of the optimizations
+    or the measuring side; the engine of ONNX files is supplied by importing nn_speedups.optimizations.onnx_file,
+    which nn_speedups.measure.protocol does."""
+    code = (
+        "import sys\n"
+        "import nn_speedups.models, nn_speedups.models.onnx_file as m, nn_speedups.models.user\n"
+        f"print(sorted(n for n in sys.modules if n.startswith({LAYERED!r})))\n"
+        "try:\n    m.engine()\nexcept RuntimeError as e:\n    print(e)\n"
+        "import nn_speedups.measure.protocol\n"
+        "print(m.engine().__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    loaded, missing, supplied = result.stdout.splitlines()[-3:]
+    assert loaded == "[]"
+    assert missing.startswith("nothing runs ONNX files in this process")
+    assert supplied == "nn_speedups.optimizations.onnx_file"
+    assert model_file.engine() is engine_file  # and so in this session (the plugin imports the protocol)

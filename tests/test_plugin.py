@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from harness.capabilities import has_cuda
+from nn_speedups.core.capabilities import has_cuda
 from tests.conftest import ROOT, run_suite
 
 REQUIRED_FIELDS = {
@@ -120,8 +120,8 @@ def test_collection_neither_initializes_cuda_nor_imports_heavy_engines():
 
 
 def test_a_graph_break_fails_the_compiled_variant():
-    from optimizations import compile as compile_
-    from optimizations.base import NotEngagedError
+    from nn_speedups.optimizations import compile as compile_
+    from nn_speedups.optimizations.base import NotEngagedError
 
     class Breaks(torch.nn.Module):
         def forward(self, x):
@@ -191,7 +191,7 @@ def test_smoke_profile_lists_every_gpu_only_path_and_on_a_cpu_skips_each_with_it
 
 
 def test_progress_lines_name_each_family_with_an_estimate_of_what_is_left():
-    from harness.progress import RunProgress
+    from nn_speedups.plugin.progress import RunProgress
 
     cases = {"a1": ("inference", True), "a2": ("inference", True), "a3": ("inference", False), "b1": ("ort", True)}
     progress = RunProgress(cases, previous={"b1": 30.0})
@@ -210,3 +210,29 @@ def test_progress_lines_name_each_family_with_an_estimate_of_what_is_left():
     primed = RunProgress(cases, prior={"inference": 5.0, "ort": 2.0})  # a fresh clone: no earlier run
     primed.finished("a1", 10.0)  # this machine took twice the prior's time for inference
     assert primed.left_s() == 10.0 + 4.0  # a2 at inference's mean so far, b1 at the prior scaled by 2
+
+
+USER_MODEL_OPTIONS = ("--model", "--onnx", "--onnx-dim", "--onnx-inputs", "--onnx-input")
+
+
+def test_rerun_args_carry_every_value_of_the_repeatable_user_model_options(pytester):
+    """nn_speedups.gate --confirm re-runs cases in a fresh pytest process with the saved rerun_args: a user model
+    run's repeatable options go with them, one `--opt value` pair per value in the order given, so the re-run
+    registers the same models under the same node ids."""
+    from nn_speedups.plugin import rerun_args
+
+    given = ["--models", "resnet18,mine=my_model:make_model", "--model", "my_model:make_model",
+             "--model", "bert=hf:./bert-folder", "--onnx", "asr=asr.onnx", "--onnx", "b.onnx",
+             "--onnx-dim", "sequence=128", "--onnx-dim", "frames=50", "--onnx-inputs", "asr-inputs.npz",
+             "--onnx-inputs", "b-inputs.npz", "--onnx-input", "sr=16000", "--onnx-input", "k=3",
+             "--seq-len", "16"]  # fmt: skip
+    config = pytester.parseconfig("-p", "nn_speedups.plugin", *given)  # a real Config: the plugin's own parser
+    args = rerun_args(config)
+    assert args == [*given, "-p", "nn_speedups.plugin"]
+    again = pytester.parseconfig(*args)  # what the re-run's pytest parses
+    for option in ("--models", "--seq-len", *USER_MODEL_OPTIONS):
+        assert again.getoption(option) == config.getoption(option), option
+    assert len(again.getoption("--onnx-input")) == 2
+
+    plain = pytester.parseconfig("-p", "nn_speedups.plugin", "--models", "resnet18", "--batch-sizes", "1")
+    assert rerun_args(plain) == ["--models", "resnet18", "--batch-sizes", "1", "-p", "nn_speedups.plugin"]

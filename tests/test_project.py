@@ -25,13 +25,13 @@ def test_workflow_lints_against_the_github_schema(workflow):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_gpu_workflow_saves_a_baseline_on_main_and_gates_pull_requests_with_harness_gate():
+def test_gpu_workflow_saves_a_baseline_on_main_and_gates_pull_requests_with_the_gate():
     text = " ".join((ROOT / ".github" / "workflows" / "gpu-bench.yml").read_text().split())
     assert "self-hosted" in text
-    # main: the baseline, saved with its rounds; pull requests: the head run with its rounds, gated by harness.gate
+    # main: the baseline, saved with its rounds; pull requests: the head run with its rounds, gated by nn_speedups.gate
     assert "--benchmark-autosave --benchmark-save-data" in text
     assert "--benchmark-save-data --benchmark-json reports/head.json" in text
-    gate = text[text.index("-m harness.gate .benchmarks reports/head.json") :]
+    gate = text[text.index("-m nn_speedups.gate .benchmarks reports/head.json") :]
     assert '--summary "$GITHUB_STEP_SUMMARY"' in gate.split("- name:")[0]
     assert "--json reports/gate.json" in gate.split("- name:")[0]
     assert "--confirm" in gate.split("- name:")[0]
@@ -45,7 +45,7 @@ def test_gpu_workflow_saves_a_baseline_on_main_and_gates_pull_requests_with_harn
 def test_make_bench_keeps_round_data_for_the_gate():
     makefile = (ROOT / "Makefile").read_text()
     assert "--benchmark-autosave --benchmark-save-data" in makefile
-    assert "harness.gate --aa-study" in makefile
+    assert "nn_speedups.gate --aa-study" in makefile
 
 
 def test_ci_runs_the_readme_test_command():
@@ -57,9 +57,9 @@ def test_ci_runs_the_readme_test_command():
 
 def test_gpu_workflow_installs_tensorrt_keeps_caches_and_can_run_the_smoke_profile():
     text = " ".join((ROOT / ".github" / "workflows" / "gpu-bench.yml").read_text().split())
-    assert text.count("make setup EXTRAS=dev,trt") == 2  # both jobs: trt-* rows run on the runner with the GPU
+    assert text.count("make setup EXTRAS=dev,ort-gpu,trt") == 2  # both jobs: trt-* and ort-cuda rows on the GPU runner
     assert "TORCHINDUCTOR_CACHE_DIR" in text and ".cache/inductor artifacts" in text
-    assert "make gpu-smoke EXTRAS=dev,trt" in text
+    assert "make gpu-smoke EXTRAS=dev,ort-gpu,trt" in text
     makefile = (ROOT / "Makefile").read_text()
     smoke = makefile.split("\ngpu-smoke:")[1].split("\n\n")[0]
-    assert "--profile smoke" in smoke and "-m harness.gate .benchmarks/smoke" in smoke
+    assert "--profile smoke" in smoke and "-m nn_speedups.gate .benchmarks/smoke" in smoke

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.correctness import LOSSY_MIN_SQNR_DB, measure_error
-from optimizations import quantize
-from optimizations.onnx_export import ExportConfig, export, op_counts
+from nn_speedups.measure.correctness import LOSSY_MIN_SQNR_DB, measure_error
+from nn_speedups.optimizations import quantize
+from nn_speedups.optimizations.onnx_export import ExportConfig, export, op_counts
 
 
 class TinyViT(nn.Module):

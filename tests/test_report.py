@@ -1,4 +1,4 @@
-"""harness.report renders the same report from a saved run, and compares two runs."""
+"""nn_speedups.report renders the same report from a saved run, and compares two runs."""
 
 import copy
 import csv
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
+from nn_speedups import report
 from tests.conftest import ROOT, run_suite
 
 
@@ -17,7 +17,7 @@ def test_report_from_a_saved_run(tiny_run, tmp_path):
     _, run, where = tiny_run
     out = tmp_path / "from-json"
     result = subprocess.run(
-        [sys.executable, "-m", "harness.report", str(where / "run.json"), "--out", str(out)],
+        [sys.executable, "-m", "nn_speedups.report", str(where / "run.json"), "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,7 +52,7 @@ def test_report_rejects_a_file_that_is_not_a_run(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"hello": 1}))
     result = subprocess.run(
-        [sys.executable, "-m", "harness.report", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "nn_speedups.report", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "not a pytest-benchmark JSON file" in result.stderr
 
@@ -80,7 +80,8 @@ def test_speedup_panels_split_a_family_by_bench_function_and_drop_baseline_only_
 
 FAILED = {
     "benches/test_onnxruntime.py::test_onnxruntime[resnet18-bs1-ort-int8-minmax-int8]": (
-        "harness.correctness.CorrectnessError: resnet18-bs1-ort-int8-minmax-int8 [lossy] SQNR 4.87 dB is below 20 dB"
+        "nn_speedups.measure.correctness.CorrectnessError: "
+        "resnet18-bs1-ort-int8-minmax-int8 [lossy] SQNR 4.87 dB is below 20 dB"
     ),
     "benches/test_fastswish.py::test_model_inference[convnext-seed-fastswish-triton-bs8-compile-fp32]": (
         "torch._dynamo.exc.BackendCompilerFailed: backend='inductor' raised: boom"

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from torch import nn
 
-from harness.capabilities import has_module
-from harness.correctness import check_exact, check_lowp
-from optimizations import tensorrt as trt_opt
-from optimizations.tensorrt import (
+from nn_speedups.core.capabilities import has_module
+from nn_speedups.measure.correctness import check_exact, check_lowp
+from nn_speedups.optimizations import tensorrt as trt_opt
+from nn_speedups.optimizations.tensorrt import (
     PrecisionPlan,
     TrtConfig,
     engine_cache_key,
@@ -152,7 +152,7 @@ def test_engine_key_is_a_stable_sha256_hex_digest():
 
 def test_engine_key_is_the_same_in_a_fresh_interpreter():
     code = (
-        "from optimizations.tensorrt import engine_cache_key as k;"
+        "from nn_speedups.optimizations.tensorrt import engine_cache_key as k;"
         f"print(k({KEY_ARGS['onnx_sha256']!r}, '10.13.0.35', 'NVIDIA H100 80GB HBM3', '9.0', 'fp16', {SHAPES!r}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -412,7 +412,7 @@ def test_onnx_variant_tells_fp32_fp16_and_qdq(tmp_path):
 
 
 def test_module_imports_neither_tensorrt_nor_pytest():
-    code = "import sys, optimizations.tensorrt; print(sorted({'tensorrt', 'pytest'} & set(sys.modules)))"
+    code = "import sys, nn_speedups.optimizations.tensorrt; print(sorted({'tensorrt', 'pytest'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -586,8 +586,8 @@ def test_runner_outside_profile_reuse_and_current_stream(fp32_onnx, tmp_path, no
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_layer_profile_reports_every_layer_of_each_step(fp32_onnx, tmp_path):
-    """TensorRT's IProfiler on the runner's own context (harness.trace's engine profile for trt-* rows)."""
-    from harness.trace import engine_fields
+    """TensorRT's IProfiler on the runner's own context (nn_speedups.trace's engine profile for trt-* rows)."""
+    from nn_speedups.trace import engine_fields
 
     x = torch.randn(4, 3, 16, 16, device="cuda")
     runner = trt_opt.apply(small_model().cuda(), (x,), _config(tmp_path, "fp32"), [fp32_onnx])

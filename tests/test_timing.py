@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness import timing
+from nn_speedups.measure import timing
 
 
 @given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=300), st.floats(0, 100))

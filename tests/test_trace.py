@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import report
-from harness.trace import Tracer, chrome, engine_fields, slug, write_timeline
-from harness.trace import report as trace_report
-from harness.trace.breakdown import CATEGORIES, category, op_breakdown
+from nn_speedups import report
+from nn_speedups.trace import Tracer, chrome, engine_fields, slug, write_timeline
+from nn_speedups.trace import report as trace_report
+from nn_speedups.trace.breakdown import CATEGORIES, category, op_breakdown
 from tests.conftest import ROOT, run_suite
 
 PRICE = 2.5
@@ -153,7 +153,7 @@ def test_report_links_the_traces(traced_run):
 def test_trace_cli_summarizes_and_draws(traced_run, tmp_path):
     _, _, rows, where = traced_run
     trace = rows["compile"]["trace_file"]
-    out = subprocess.run([sys.executable, "-m", "harness.trace", "summarize", trace, "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "nn_speedups.trace", "summarize", trace, "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
@@ -161,11 +161,11 @@ def test_trace_cli_summarizes_and_draws(traced_run, tmp_path):
     assert (
         summary["inductor_cpp_kernel_calls_per_step"] == said_cpp and summary["steps"] == rows["compile"]["trace_steps"]
     )
-    shown = subprocess.run([sys.executable, "-m", "harness.trace", "show", str(where / "run.json")], cwd=ROOT,
+    shown = subprocess.run([sys.executable, "-m", "nn_speedups.trace", "show", str(where / "run.json")], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert shown.returncode == 0 and "Where the time goes" in shown.stdout and "resnet18 bs1 compile" in shown.stdout
     png = tmp_path / "step.png"
-    drawn = subprocess.run([sys.executable, "-m", "harness.trace", "flame", trace, "--out", str(png)], cwd=ROOT,
+    drawn = subprocess.run([sys.executable, "-m", "nn_speedups.trace", "flame", trace, "--out", str(png)], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert drawn.returncode == 0 and png.stat().st_size > 5000, drawn.stderr
 
@@ -268,7 +268,7 @@ def test_onnxruntime_session_profiling_into_the_breakdown(tmp_path):
     pytest.importorskip("onnxruntime", reason="needs onnxruntime: pip install -e .")
     from types import SimpleNamespace
 
-    from optimizations import onnxruntime as ort_
+    from nn_speedups.optimizations import onnxruntime as ort_
 
     path = _tiny_onnx(tmp_path / "tiny.onnx")
     artifact = SimpleNamespace(path=path, files=(path,))
@@ -289,7 +289,7 @@ def test_onnxruntime_session_profiling_into_the_breakdown(tmp_path):
 
 
 def test_tensorrt_layer_times_become_a_timeline_and_a_breakdown(tmp_path):
-    from optimizations.tensorrt import layer_types
+    from nn_speedups.optimizations.tensorrt import layer_types
 
     info = json.dumps({"Layers": [{"Name": "conv1 + relu1", "LayerType": "CaskConvolution"},
                                   {"Name": "reformat", "LayerType": "Reformat"}]})  # fmt: skip
@@ -360,8 +360,8 @@ def test_seed_001_kernel_table_comes_from_traced_activation_rows():
 
 def test_graph_counts_are_per_variant_not_per_process():
     """Dynamo's counters survive torch._dynamo.reset(): each compiled Runner reports what it compiled itself."""
-    from optimizations import compile as compile_
-    from optimizations.base import NotEngagedError
+    from nn_speedups.optimizations import compile as compile_
+    from nn_speedups.optimizations.base import NotEngagedError
 
     class Breaks(torch.nn.Module):
         def forward(self, x):

@@ -1,4 +1,5 @@
-"""harness.train and models.ghost_bn: Ghost BatchNorm against per-chunk BatchNorm, the LR schedule, head resizing,
+"""nn_speedups.train and nn_speedups.models.ghost_bn: Ghost BatchNorm against per-chunk BatchNorm, the LR schedule, head
+resizing,
 and real short CLI runs (metrics.json, learning, resume, bad input -> exit code 2)."""
 
 import copy
@@ -13,8 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from harness.capabilities import has_cuda
-from harness.train import (
+from nn_speedups.core.capabilities import has_cuda
+from nn_speedups.models import build_model, get_spec
+from nn_speedups.models.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
+from nn_speedups.train import (
     TrainConfig,
     effective_lr,
     lr_at_step,
@@ -24,8 +27,6 @@ from harness.train import (
     train,
     warmup_steps,
 )
-from models import build_model, get_spec
-from models.ghost_bn import GhostBatchNorm2d, use_ghost_batchnorm
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--model", "resnet18", "--data", "synthetic", "--image-size", "32", "--batch-size", "32"]
@@ -49,7 +50,12 @@ EPOCH_FIELDS = {
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "harness.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "nn_speedups.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

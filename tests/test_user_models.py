@@ -18,13 +18,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from models.hf_folder import hf_spec
-from models.onnx_file import OnnxFileModule, onnx_spec
-from models.user import UserModel, UserModelError, factory_spec, load_user_specs, spec_from_example
-from optimizations.onnx_export import ExportConfig, ExportError, export
+from nn_speedups.models.hf_folder import hf_spec
+from nn_speedups.models.onnx_file import OnnxFileModule, onnx_spec
+from nn_speedups.models.user import UserModel, UserModelError, factory_spec, load_user_specs, spec_from_example
+from nn_speedups.optimizations.onnx_export import ExportConfig, ExportError, export
 from tests.conftest import ROOT
 
-PACKAGES = ("models", "optimizations", "harness", "benches", "nn_speedups")
+B = "nn_speedups.benches."  # the installed benches, as --pyargs names them
 
 
 def run_pytest(args: list[str], cwd: Path, pythonpath: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -127,34 +127,17 @@ def user_project(tmp_path_factory) -> Path:
     return project
 
 
-@pytest.fixture(scope="session")
-def installed(tmp_path_factory) -> Path:
-    """The suite built and installed as a package (pip, from a copy of its sources) into a folder of its own."""
-    pytest.importorskip("pip", reason="installing the suite needs pip")
-    where = tmp_path_factory.mktemp("installed")
-    source = where / "src"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    site = where / "site"
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-    result = subprocess.run([*command, "--target", str(site), str(source)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return site
-
-
 # ------------------------------------------------------------------------------------------ end to end
 
 
 def test_installed_suite_benchmarks_the_example_model_from_its_own_project(installed, user_project):
-    """pip-installed suite, no repository on the path, no -p: the pytest11 entry point loads the plugin."""
-    assert sorted(p.name for p in installed.iterdir() if p.suffix != ".dist-info") >= sorted(PACKAGES)
+    """pip-installed suite, no repository on the path, no -p: the entry point loads the plugin for its benches."""
+    # one package, and bin/ for the nn-speedups command (pip --target puts console scripts there)
+    assert sorted(p.name for p in installed.iterdir() if p.suffix != ".dist-info") == ["bin", "nn_speedups"]
     entry_points = next(installed.glob("nn_speedups-*.dist-info")) / "entry_points.txt"
     assert "nn_speedups = nn_speedups.pytest_plugin" in entry_points.read_text()
     out = user_project / "example.json"
-    args = ["--pyargs", "benches.test_inference", "benches.test_onnxruntime", "benches.test_fastswish",
+    args = ["--pyargs", B + "test_inference", B + "test_onnxruntime", B + "test_fastswish",
             "--model", "my_model:make_model",
             "--batch-sizes", "1", "--variants", "eager,channels-last,amp-bf16,ort-cpu,ort-int8-minmax",
             f"--benchmark-json={out}", "--report-dir", "reports", "-rs"]  # fmt: skip
@@ -175,7 +158,7 @@ def test_installed_suite_benchmarks_the_example_model_from_its_own_project(insta
     int8 = found["test_onnxruntime[my_model-bs1-ort-int8-minmax-int8]"]
     assert int8["sqnr_db"] >= 20 and 0 <= int8["top1_agreement"] <= 1  # a 10-class head: agreement is measured
     assert "my_model has no activation slot to swap relu into" in result.stdout  # FastSwish's model level: why not
-    assert f"{installed.name}/benches/test_fastswish.py" in result.stdout  # -rs: the installed package's benches
+    assert f"{installed.name}/nn_speedups/benches/test_fastswish.py" in result.stdout  # -rs: the installed benches
     assert (user_project / "reports").is_dir()
 
 
@@ -185,8 +168,8 @@ def test_onnx_file_is_benchmarked_against_onnx_runtime_fp32(tmp_path):
     elsewhere = tmp_path / "run"
     elsewhere.mkdir()
     out = elsewhere / "onnx.json"
-    args = ["-p", "harness.plugin", "--pyargs", "benches.test_onnxruntime", "benches.test_inference",
-            "benches.test_tensorrt", "--onnx", str(path), "--onnx-dim", "seq=8", "--batch-sizes", "1,2",
+    args = ["-p", "nn_speedups.plugin", "--pyargs", B + "test_onnxruntime", B + "test_inference",
+            B + "test_tensorrt", "--onnx", str(path), "--onnx-dim", "seq=8", "--batch-sizes", "1,2",
             "--variants", "eager,compile,ort-cpu,ort-int8-dynamic,trt-fp32", f"--benchmark-json={out}",
             "--report-dir", "reports", "-rs"]  # fmt: skip
     result = run_pytest(args, cwd=elsewhere, pythonpath=ROOT)
@@ -214,8 +197,8 @@ def test_hugging_face_folder_runs_with_token_inputs_from_its_config(tmp_path):
     elsewhere = tmp_path / "run"
     elsewhere.mkdir()
     out = elsewhere / "hf.json"
-    args = ["-p", "harness.plugin", "--pyargs", "benches.test_inference", "benches.test_onnxruntime",
-            "benches.test_training", "--model", f"hf:{folder}", "--seq-len", "16", "--batch-sizes", "2",
+    args = ["-p", "nn_speedups.plugin", "--pyargs", B + "test_inference", B + "test_onnxruntime",
+            B + "test_training", "--model", f"hf:{folder}", "--seq-len", "16", "--batch-sizes", "2",
             "--variants", "eager,amp-bf16,ort-cpu,vanilla", f"--benchmark-json={out}", "--report-dir", "reports",
             "-rs"]  # fmt: skip
     env_before = os.environ.get("HF_HUB_OFFLINE")
@@ -249,7 +232,7 @@ def test_bad_input_stops_the_run_before_any_timing_with_one_line(kind, message, 
         "onnx": ["--onnx", str(token_graph(tmp_path / "f"))],
         "hf": ["--model", f"hf:{tmp_path / 'no-such-folder'}"],
     }[kind]
-    result = run_pytest(["-p", "harness.plugin", "--pyargs", "benches.test_inference", *option], tmp_path, ROOT)
+    result = run_pytest(["-p", "nn_speedups.plugin", "--pyargs", B + "test_inference", *option], tmp_path, ROOT)
     assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and message in errors[0], result.stderr
@@ -258,25 +241,26 @@ def test_bad_input_stops_the_run_before_any_timing_with_one_line(kind, message, 
 
 @pytest.mark.parametrize("explicit", [False, True], ids=["conftest", "conftest-and-p"])
 def test_the_repositorys_own_conftest_runs_beside_the_installed_entry_point(installed, explicit, tmp_path):
-    """conftest.py registers harness.plugin, the installed entry point asks for it too, and so may -p: one
-    registration, no error; without -p the repository's own code (pytest.ini's pythonpath) wins over the installed
-    copy even where the working folder is not on the path, as with the `pytest` command."""
+    """conftest.py registers nn_speedups.plugin, and so may -p: one registration, no error; the repository's own
+    package (pytest.ini's pythonpath, applied before pytest loads entry points and -p plugins) wins over an installed
+    copy that is first on PYTHONPATH, even where the working folder is not on the path, as with the `pytest` command."""
     args = [str(ROOT / "tests" / "test_timing.py"), "--rootdir", str(ROOT), "--collect-only", "-q"]
-    args += ["-p", "harness.plugin"] if explicit else []
+    args += ["-p", "nn_speedups.plugin"] if explicit else []
     code = (
         "import sys, pytest\n"
         "sys.path.remove('') if '' in sys.path else None\n"
         f"code = pytest.main({['-p', 'no:cacheprovider', *args]!r})\n"
-        "import harness.plugin\n"
-        "print('PLUGIN', harness.plugin.__file__)\n"
+        "import nn_speedups.plugin, nn_speedups.pytest_plugin\n"
+        "print('PLUGIN', nn_speedups.plugin.__file__)\n"
+        "print('STUB', nn_speedups.pytest_plugin.__file__)\n"
         "sys.exit(code)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(installed)}
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "tests collected" in result.stdout
-    if not explicit:
-        assert f"PLUGIN {ROOT / 'harness' / 'plugin.py'}" in result.stdout
+    assert f"PLUGIN {ROOT / 'nn_speedups' / 'plugin' / '__init__.py'}" in result.stdout
+    assert f"STUB {ROOT / 'nn_speedups' / 'pytest_plugin.py'}" in result.stdout
 
 
 # ------------------------------------------------------------------------------------------ specs, in-process
@@ -321,7 +305,7 @@ def test_factories_name_and_errors(tmp_path, monkeypatch):
     module = tmp_path / "team_models.py"
     module.write_text(
         "import torch\n"
-        "from models.registry import ModelSpec, image_inputs\n"
+        "from nn_speedups.models.registry import ModelSpec, image_inputs\n"
         "def make_model():\n    return torch.nn.Linear(4, 2), torch.randn(2, 4)\n"
         "def make_ranker():\n    return torch.nn.Linear(4, 2), (torch.randn(2, 4),)\n"
         "def spec():\n    return ModelSpec('ranker-v2', lambda image_size=None: torch.nn.Identity(), image_inputs)\n"
@@ -354,7 +338,7 @@ def test_factories_name_and_errors(tmp_path, monkeypatch):
 def test_the_worked_examples_spec_has_an_activation_slot():
     spec = factory_spec(f"{ROOT / 'examples' / 'my_model.py'}:make_spec")
     assert spec.name == "smallnet" and spec.tags == {"vision", "conv", "activation-slot", "user"}
-    from models.registry import build_model
+    from nn_speedups.models.registry import build_model
 
     swapped = build_model(spec, 32, activation="hardswish")
     assert any(isinstance(m, nn.Hardswish) for m in swapped.modules())
@@ -416,7 +400,7 @@ def test_the_distributed_ranks_load_the_users_model_again(tmp_path):
     run was started in, not from theirs."""
     (tmp_path / "my_model.py").write_text((ROOT / "examples" / "my_model.py").read_text())
     out = tmp_path / "dist.json"
-    args = ["-p", "harness.plugin", "--pyargs", "benches.test_distributed", "--model", "my_model:make_model",
+    args = ["-p", "nn_speedups.plugin", "--pyargs", B + "test_distributed", "--model", "my_model:make_model",
             "--world-sizes", "1", "--batch-sizes", "2", "--variants", "ddp", f"--benchmark-json={out}",
             "--report-dir", "reports", "-rs"]  # fmt: skip
     result = run_pytest(args, cwd=tmp_path, pythonpath=ROOT)
@@ -470,8 +454,8 @@ def make_text():
 
 
 def test_image_size_resizes_a_users_image_example_and_leaves_other_inputs_their_own(tmp_path, monkeypatch):
-    from models.registry import REGISTRY
-    from models.user import RESIZED, SOURCES, at_image_size, reload, resized_from
+    from nn_speedups.models.registry import REGISTRY
+    from nn_speedups.models.user import RESIZED, SOURCES, at_image_size, reload, resized_from
 
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7))
     example = torch.randn(2, 3, 24, 24)
@@ -509,7 +493,7 @@ def test_image_size_runs_a_users_image_model_at_that_size_or_fails_its_cases_in_
     (tmp_path / "team.py").write_text(SIZED_MODELS)
     out = tmp_path / "sized.json"
     models = ["--model", "team:make_pooled", "--model", "team:make_flat", "--model", "team:make_text"]
-    args = ["-p", "harness.plugin", "--pyargs", "benches.test_inference", *models, "--batch-sizes", "1",
+    args = ["-p", "nn_speedups.plugin", "--pyargs", B + "test_inference", *models, "--batch-sizes", "1",
             "--variants", "eager", "--report-dir", "reports", "-rfs"]  # fmt: skip
     result = run_pytest([*args, "--image-size", "64", f"--benchmark-json={out}"], cwd=tmp_path, pythonpath=ROOT)
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-4000:]  # flat's case failed

@@ -1,5 +1,0 @@
-import sys
-
-from harness.distributed import main
-
-sys.exit(main())

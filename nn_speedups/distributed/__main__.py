@@ -1,0 +1,5 @@
+import sys
+
+from nn_speedups.distributed import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""Table cells: how the report writes a number, a share, a ratio and a case's correctness check."""
+
+from __future__ import annotations
+
+import math
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def _check_cell(row: dict) -> str:
+    if row.get("check") == "exact":
+        return f"exact (max err {row.get('max_abs_err', 0):.1e})"
+    if row.get("check") == "lowp":
+        return f"lowp (cos {row.get('cosine', 0):.4f})"
+    if row.get("check") == "lossy":
+        cell = f"lossy ({row.get('sqnr_db', 0):.1f} dB"
+        if row.get("top1_agreement") is not None:
+            cell += (
+                f", top-1 agrees {row['top1_agreement']:.1%} of {row['eval_images']} ({row['distinct_top1']} classes)"
+            )
+        return cell + ")"
+    if row.get("check") == "accuracy":
+        if row.get("top1_drop") is not None:
+            drop, reference = -100 * row["top1_drop"], row["reference_top1"]
+            return f"accuracy (top-1 {drop:+.1f} pts vs {reference:.1%}; {row['sqnr_db']:.1f} dB)"
+        if row.get("kernel_cosine") is not None:
+            return f"accuracy (sparse vs dense kernels cos {row['kernel_cosine']:.4f})"
+    return row.get("check") or "-"
