@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import pytest
 import torch
@@ -131,76 +130,6 @@ def test_nvml_energy_of_a_busy_gpu():
         pytest.skip(f"this GPU has no NVML energy counter: {fields['energy_error']}")
     assert fields["joules_per_sample"] > 0 and 10 < fields["avg_watts"] < 2000
     assert fields["gpu_sm_mhz_mean"] > 0 and fields["gpu_power_limit_w"] > 0 and fields["throttled"] is not None
-
-
-def _fake_pynvml(energy_mj: list[int], used: list[int], fail_energy: bool = False) -> types.ModuleType:
-    """A stand-in for pynvml (nvidia-ml-py) with one GPU: each read of the energy counter or of this process's
-    memory returns the next value of its list (the last one once the list is used up)."""
-    fake = types.ModuleType("pynvml")
-    fake.inits = 0
-
-    class NVMLError(Exception):
-        pass
-
-    def nxt(values):
-        return values.pop(0) if len(values) > 1 else values[0]
-
-    def init():
-        fake.inits += 1
-
-    def energy(handle):
-        if fail_energy:
-            raise NVMLError("Not Supported")
-        return nxt(energy_mj)
-
-    def processes(handle):
-        return [types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=1 << 40),
-                types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=nxt(used))]  # fmt: skip
-
-    def temperature(handle, sensor):
-        raise NVMLError("Not Supported")  # a reading NVML cannot give is None in the sample
-
-    fake.NVMLError, fake.NVML_CLOCK_SM, fake.NVML_CLOCK_MEM, fake.NVML_TEMPERATURE_GPU = NVMLError, 1, 2, 0
-    fake.nvmlInit, fake.nvmlShutdown = init, lambda: None
-    fake.nvmlDeviceGetHandleByIndex = lambda index: f"gpu{index}"
-    fake.nvmlDeviceGetTotalEnergyConsumption = energy
-    fake.nvmlDeviceGetClockInfo = lambda handle, clock: {1: 1980, 2: 2619}[clock]
-    fake.nvmlDeviceGetTemperature = temperature
-    fake.nvmlDeviceGetEnforcedPowerLimit = lambda handle: 700_000
-    fake.nvmlDeviceGetCurrentClocksEventReasons = lambda handle: 0x4
-    fake.nvmlDeviceGetComputeRunningProcesses = processes
-    return fake
-
-
-def test_nvml_meter_reads_the_energy_counter_and_samples_the_gpu_state(monkeypatch):
-    """NvmlMeter through nn_speedups.measure.nvml against a stand-in pynvml: energy at the two ends, the state
-    sampled on entry, by the thread, and on exit."""
-    fake = _fake_pynvml(energy_mj=[10_000, 14_000], used=[0])
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-    meter = energy.NvmlMeter(0, interval_s=0.001)
-    with meter:
-        time.sleep(0.05)
-    fields = meter.fields(samples=8)
-    assert fields["energy_j"] == pytest.approx(4.0) and fields["joules_per_sample"] == pytest.approx(0.5)
-    assert fields["energy_source"] == "nvml:total_energy" and "energy_error" not in fields
-    assert fields["gpu_state_samples"] >= 3 and fields["gpu_sm_mhz_min"] == 1980 and fields["gpu_temp_c_max"] is None
-    assert fields["gpu_power_limit_w"] == 700.0 and fields["throttled"] is True and fake.inits == 1
-    broken = energy.NvmlMeter(0, interval_s=0.001)
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([0], [0], fail_energy=True))
-    with broken:
-        pass
-    fields = broken.fields(samples=8)  # no counter (pre-Volta): null energy, the reason, the state still sampled
-    assert fields["energy_j"] is None and "Not Supported" in fields["energy_error"] and fields["gpu_state_samples"] >= 2
-
-
-def test_nvml_process_peak_is_the_peak_over_what_the_process_held_on_entry(monkeypatch):
-    mb = 1024 * 1024
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml([0], used=[100 * mb, 300 * mb, 250 * mb]))
-    from nn_speedups.measure import metrics
-
-    with metrics.NvmlProcessPeak(0, interval_s=0.001) as peak:
-        time.sleep(0.05)
-    assert peak.error is None and peak.peak_mb == pytest.approx(200.0)
 
 
 def test_nvml_sampler_samples_on_its_thread_and_once_more_on_stop():
