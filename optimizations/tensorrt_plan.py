@@ -226,36 +226,11 @@ def _load_onnx_graph(onnx_path: str | Path):
     return onnx.load(str(onnx_path), load_external_data=False)
 
 
-def _tensors(graph):
-    """Every tensor proto of a graph: initializers and tensor attributes, subgraphs (If, Loop, Scan) included."""
-    import onnx
-
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _tensors(sub)
-
-
 def onnx_external_files(onnx_path: str | Path) -> list[Path]:
     """The ONNX graph file followed by the external-data files its tensors point to."""
-    import onnx
+    from nn_speedups.models.onnx_file import external_files  # the one walk over a graph's tensors
 
-    graph = _load_onnx_graph(onnx_path).graph
-    locations = {
-        entry.value
-        for tensor in _tensors(graph)
-        if tensor.data_location == onnx.TensorProto.EXTERNAL
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
-    base = Path(onnx_path).parent
-    return [Path(onnx_path), *(base / loc for loc in sorted(locations))]
+    return external_files(onnx_path, _load_onnx_graph(onnx_path).graph)
 
 
 def onnx_input_shapes(onnx_path: str | Path) -> dict[str, Shape]:
