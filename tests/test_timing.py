@@ -16,13 +16,32 @@ def test_percentile_matches_numpy(values, q):
 
 
 def test_summary_withholds_percentiles_from_too_few_rounds():
-    few = timing.summarize([0.001 * i for i in range(1, 11)])  # 10 rounds
-    assert few.rounds == 10 and few.p90_ms is None and few.p99_ms is None
-    assert few.median_ms == pytest.approx(5.5)
-    enough = timing.summarize([0.001 * i for i in range(1, 101)])  # 100 rounds, 1..100 ms
-    assert enough.p90_ms == pytest.approx(np.percentile(np.arange(1, 101), 90))
-    assert enough.p99_ms == pytest.approx(np.percentile(np.arange(1, 101), 99))
+    """LoadGen's rule of thumb: about 64 samples bound a p90, 662 a p99; below that the figure is withheld."""
+    few = timing.summarize([0.001 * i for i in range(1, 64)])  # 63 rounds
+    assert few.rounds == 63 and few.p90_ms is None and few.p99_ms is None
+    assert few.median_ms == pytest.approx(32.0)
+    some = timing.summarize([0.001 * i for i in range(1, 101)])  # 100 rounds, 1..100 ms: a p90 but no p99
+    assert some.p90_ms == pytest.approx(np.percentile(np.arange(1, 101), 90)) and some.p99_ms is None
+    enough = timing.summarize([0.001 * i for i in range(1, 701)])
+    assert enough.p99_ms == pytest.approx(np.percentile(np.arange(1, 701), 99))
     assert enough.min_ms == pytest.approx(1.0)
+
+
+def test_summary_measures_the_shape_of_the_rounds():
+    """Spread, drift between halves (in the order the rounds ran) and two modes, from given rounds."""
+    steady = timing.summarize([0.010] * 20)
+    assert steady.iqr_rel == 0 and steady.drift == pytest.approx(1.0) and steady.modes is None
+    drifting = timing.summarize([0.010] * 10 + [0.015] * 10)  # the second half 1.5x the first
+    assert drifting.drift == pytest.approx(1.5)
+    # the same rounds shuffled so both halves hold both: no drift, but two modes, half of them 1.5x slower
+    mixed = timing.summarize([0.010, 0.015] * 10)
+    assert mixed.drift == pytest.approx(1.0)
+    assert mixed.modes == (pytest.approx(0.5), pytest.approx(1.5))
+    assert mixed.iqr_rel == pytest.approx((15 - 10) / 12.5)
+    # a smooth tail is not a second mode; nor are two outliers (fewer than 15% of the rounds)
+    assert timing.summarize([0.010 * (1 + 0.01 * i) for i in range(40)]).modes is None
+    assert timing.summarize([0.010] * 38 + [0.030] * 2).modes is None
+    assert timing.summarize([0.010] * 9).drift is None  # too few rounds to judge a shape
 
 
 def test_choose_rounds_fits_budget_within_bounds():

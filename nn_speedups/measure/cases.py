@@ -70,6 +70,10 @@ def timing_fields(summary: timing.Summary) -> dict:
         "min_ms": summary.min_ms,
         "p90_ms": summary.p90_ms,
         "p99_ms": summary.p99_ms,
+        "iqr_rel": summary.iqr_rel,
+        "drift": summary.drift,
+        "slow_mode_share": summary.modes[0] if summary.modes else None,
+        "slow_mode_ratio": summary.modes[1] if summary.modes else None,
     }
 
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-# Fewest rounds for which a percentile is reported at all (a p99 from 20 rounds means little).
-MIN_ROUNDS_FOR = {"p90": 20, "p99": 100}
+from nn_speedups.core.percentiles import MIN_ROUNDS_FOR  # below it a percentile is None: the report prints the count
+
+# Fewest rounds for which the shape of the rounds (drift between halves, two modes) is judged at all.
+MIN_ROUNDS_FOR_SHAPE = 10
 
 
 def synchronizer(device: str) -> Callable[[], None]:
@@ -98,20 +100,55 @@ class Summary:
     min_ms: float
     p90_ms: float | None
     p99_ms: float | None
+    iqr_rel: float = 0.0  # (p75 - p25) / median: how uncertain the median is
+    drift: float | None = None  # the second half's median over the first half's, in the order the rounds ran
+    modes: tuple[float, float] | None = None  # two modes: (share of rounds in the slower one, its median / the other's)
 
 
 def summarize(times_s: list[float]) -> Summary:
     ms = [t * 1e3 for t in times_s]
     n = len(ms)
+    median = statistics.median(ms)
+    half = n // 2
+    shaped = n >= MIN_ROUNDS_FOR_SHAPE
     return Summary(
         rounds=n,
-        median_ms=statistics.median(ms),
+        median_ms=median,
         mean_ms=statistics.fmean(ms),
         stdev_ms=statistics.stdev(ms) if n > 1 else 0.0,
         min_ms=min(ms),
         p90_ms=percentile(ms, 90) if n >= MIN_ROUNDS_FOR["p90"] else None,
         p99_ms=percentile(ms, 99) if n >= MIN_ROUNDS_FOR["p99"] else None,
+        iqr_rel=(percentile(ms, 75) - percentile(ms, 25)) / median if median > 0 else 0.0,
+        drift=statistics.median(ms[n - half :]) / statistics.median(ms[:half]) if shaped and min(ms) > 0 else None,
+        modes=two_modes(ms) if shaped else None,
     )
+
+
+# Two modes: the widest empty gap in the sorted rounds, with at least this share of the rounds on each side, where
+# the value jumps by at least MODE_GAP (a 25% gap with nothing in it is not a tail, it is a second code path).
+MODE_MIN_SHARE = 0.15
+MODE_GAP = 1.25
+
+
+def two_modes(values: list[float]) -> tuple[float, float] | None:
+    """(share of values in the slower mode, its median over the faster mode's median) when the values split into
+    two groups across an empty gap of at least MODE_GAP (ratio of neighbours), each holding MODE_MIN_SHARE of them
+    (and at least 3); else None."""
+    ordered = sorted(values)
+    n = len(ordered)
+    least = max(3, math.ceil(MODE_MIN_SHARE * n))
+    best, split = 0.0, None
+    for k in range(least, n - least + 1):
+        if ordered[k - 1] <= 0:
+            continue
+        jump = ordered[k] / ordered[k - 1]
+        if jump > best:
+            best, split = jump, k
+    if split is None or best < MODE_GAP:
+        return None
+    low, high = ordered[:split], ordered[split:]
+    return (len(high) / n, statistics.median(high) / statistics.median(low))
 
 
 def choose_rounds(one_call_s: float, budget_s: float, min_rounds: int, max_rounds: int) -> int:

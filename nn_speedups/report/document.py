@@ -21,6 +21,7 @@ from nn_speedups.report.tables import (
     deployment_table,
     distillation_tables,
     failed_tables,
+    flag_tables,
     kernel_tables,
     model_tables,
     operator_charts,
@@ -39,7 +40,7 @@ def render_tables(run: dict, baseline: dict | None = None, link_base: Path | Non
     sections += compression_tables(run_rows) + distillation_tables(run_rows)
     sections += kernel_tables(run_rows) + training_tables(run_rows) + distributed_tables(run_rows)
     sections += trace_report.sections(run_rows, link_base)
-    for title, table in sections + operator_charts(run_rows) + failed_tables(run):
+    for title, table in sections + operator_charts(run_rows) + flag_tables(run_rows) + failed_tables(run):
         text.append(f"\n### {title}\n\n{table}")
     if sections:
         text.append(f"\n{MEMORY_LEGEND}\n")

@@ -19,14 +19,17 @@ def load_run(path: str | Path) -> dict:
 
 
 def rows(run: dict) -> list[dict]:
-    """One flat row per benchmark: the extra_info fields plus the test name and group."""
+    """One flat row per benchmark: the extra_info fields plus the test name and group, and its anomaly flags
+    (nn_speedups.report.anomalies)."""
+    from nn_speedups.report import anomalies
+
     out = []
     for bench in run["benchmarks"]:
         info = bench.get("extra_info") or {}
         if "median_ms" not in info:
             continue
         out.append({"name": bench.get("name"), "group": bench.get("group"), **info})
-    return out
+    return anomalies.annotate(out, set((run.get("machine_info") or {}).get("cpu_isa") or []))
 
 
 _CASE_ID = re.compile(r"^(?P<head>.+?)-bs(?P<batch>\d+)-(?P<variant>.+)$")

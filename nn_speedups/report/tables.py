@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nn_speedups.core import markdown
+from nn_speedups.report.anomalies import FLAG_NAMES, codes
 from nn_speedups.report.cells import _check_cell, _fmt, _pct, _ratio
 from nn_speedups.report.records import _host, _label, _memory, _outcomes, failed_rows
 
@@ -35,6 +36,7 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
             header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} {mem_kind} MB"]
         with_accuracy = any(r.get("top1") is not None for r in model_rows)
         header += ["compile s", "check"] + (["top-1", "top-5", "agrees with eager"] if with_accuracy else [])
+        header.append("flags")
         variants: dict[str, dict[int, dict]] = defaultdict(dict)
         for r in model_rows:
             variants[_label(r)][r["batch_size"]] = r
@@ -57,6 +59,8 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
             cells += [_fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1), _check_cell(any_row)]
             if with_accuracy:
                 cells += [_pct(any_row.get("top1")), _pct(any_row.get("top5")), _pct(any_row.get("top1_agreement"))]
+            flagged = [f"BS {b}: {', '.join(codes(per_batch[b]))}" for b in batches if codes(per_batch.get(b) or {})]
+            cells.append("; ".join(flagged) or "-")
             body.append(cells)
         title = f"{family}: {model}" + (f" with {activation}" if activation else "") + f" ({device})"
         tables.append((title, markdown.table(header, body)))
@@ -276,3 +280,25 @@ def failed_tables(run: dict) -> list[tuple[str, str]]:
     ]
     note = f"\n{skipped} skipped (see -rs).\n" if skipped else ""
     return [(f"Failed cases ({len(failed)})", markdown.table(header, body) + note)]
+
+
+def flag_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
+    """The "Look twice" section: every flagged row (nn_speedups.report.anomalies) with each flag's few words."""
+    flagged = [r for r in table_rows if r.get("flags")]
+    if not flagged:
+        return []
+    header = ["family", "model", "variant", "batch", "flag", "what to look at"]
+    body = []
+    for r in flagged:
+        model = (r.get("model") or "-") + (f" ({r['activation']})" if r.get("activation") else "")
+        where = [r.get("family") or "-", model, _label(r), str(r.get("batch_size") or "-")]
+        for flag in r["flags"]:
+            code, _, text = flag.partition(": ")
+            body.append(where + [FLAG_NAMES.get(code, code), text])
+    legend = (
+        "\nFlags: more than 2x slower than eager; a smaller batch whose call takes longer than a larger batch's; "
+        "rounds whose second half's median is 1.2x off the first half's; rounds in two modes across a 25% gap (each "
+        "holding 15% of the rounds); an interquartile range above 25% of the median. Percentiles are printed from 64 "
+        "rounds (p90) and 662 (p99), the counts MLPerf LoadGen's early stopping needs; below that the round count.\n"
+    )
+    return [(f"Look twice ({len(flagged)} flagged rows)", markdown.table(header, body) + legend)]

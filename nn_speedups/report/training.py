@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nn_speedups.core import markdown
+from nn_speedups.report.anomalies import percentile_cell
 from nn_speedups.report.cells import _fmt, _pct
 from nn_speedups.report.records import _label, _memory
 
@@ -69,7 +70,7 @@ def distributed_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
                 str(r["world_size"]),
                 r.get("scaling") or "-",
                 f"{r['per_rank_batch_size']} / {r['global_batch_size']}",
-                f"{_fmt(r['median_ms'])} / {_fmt(r.get('p90_ms'))}",
+                f"{_fmt(r['median_ms'])} / {percentile_cell(r, 'p90_ms')}",
                 _fmt(r["images_per_s"], 1),
                 _fmt(r["images_per_s_per_rank"], 1),
                 _fmt(r.get("ideal_images_per_s"), 1),
