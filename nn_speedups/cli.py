@@ -2,6 +2,7 @@
 
     nn-speedups gate BASELINE HEAD.json ...      python -m nn_speedups.gate      the regression gate
     nn-speedups report RUN.json --out DIR       python -m nn_speedups.report    the report of a saved run
+    nn-speedups report --diff A.json B.json     python -m nn_speedups.report    two runs' records diffed, then medians
     nn-speedups trace summarize|show|flame ...  python -m nn_speedups.trace     profiler traces of a run
     nn-speedups train --data ... --model ...    python -m nn_speedups.train     the training program
     nn-speedups distributed ...                 python -m nn_speedups.distributed  a torchrun job of the suite
@@ -18,7 +19,7 @@ import sys
 
 COMMANDS = {  # name -> (module with main(argv), one line for --help)
     "gate": ("nn_speedups.gate", "gate a run against a baseline storage (python -m nn_speedups.gate)"),
-    "report": ("nn_speedups.report", "the report of a saved run, or two runs side by side"),
+    "report": ("nn_speedups.report", "the report of a saved run, two runs side by side, or --diff A B: their records"),
     "trace": ("nn_speedups.trace.__main__", "summarize, show or draw the profiler traces of a run"),
     "train": ("nn_speedups.train.cli", "train a model on a data set (single process, or under torchrun)"),
     "distributed": ("nn_speedups.distributed", "run one of the suite's torchrun jobs"),

@@ -12,6 +12,7 @@ from nn_speedups.gate.render import failing, markdown, render_calibration, termi
 from nn_speedups.gate.runs import GateError, Run, check_same_machine, load_run
 from nn_speedups.gate.thresholds import Thresholds, calibrate
 from nn_speedups.gate.verdicts import ALPHA, CONFIRM_RUNS, SIGMAS, Options, compare
+from nn_speedups.report import run_record
 
 
 def gate(args: argparse.Namespace, log) -> int:
@@ -42,14 +43,27 @@ def gate(args: argparse.Namespace, log) -> int:
     title = f"Baseline `{base.path}` against head `{head.path}`; " + (
         f"thresholds calibrated in `{thresholds.path}`" if thresholds else "uncalibrated thresholds"
     )
-    print(terminal(verdicts, options, title, notes, args.verbose), end="")
-    text = markdown(verdicts, options, title, notes)
+    records = run_record.differences_line(
+        run_record.diff(_as_recorded(base), _as_recorded(head), ignore=run_record.GATE_IGNORED)
+    )
+    print(terminal(verdicts, options, title, notes, args.verbose, records), end="")
+    text = markdown(verdicts, options, title, notes, records)
     _write(args.markdown, text)
     _write(args.json, json.dumps(to_json(verdicts, options, base, head, thresholds, notes), indent=1) + "\n")
     if args.summary:
         with open(args.summary, "a") as f:
             f.write(text)
     return 1 if failing(verdicts, options) else 0
+
+
+def _as_recorded(run: Run) -> dict:
+    """A gated run as nn_speedups.report.run_record reads it: its machine_info and the saved commit_info."""
+    try:
+        saved = json.loads(Path(run.path).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    commit = saved.get("commit_info") if isinstance(saved, dict) else None
+    return {"machine_info": run.machine_info, "commit_info": commit if isinstance(commit, dict) else {}}
 
 
 def _as_run(thresholds: Thresholds) -> Run:

@@ -1,10 +1,11 @@
-"""What the gate prints and writes: the headline, the terminal text, the markdown table, the JSON, the calibration."""
+"""What the gate prints and writes: the headline, the run records' differences, the terminal text, the markdown table,
+the JSON, the calibration."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from nn_speedups.core.markdown import table
+from nn_speedups.core.markdown import cell, table
 from nn_speedups.gate.runs import Run
 from nn_speedups.gate.verdicts import ORDER, Options, Verdict, _pct
 
@@ -33,11 +34,19 @@ def _row(v: Verdict) -> list[str]:
     return [v.verdict, f"`{_short(v.case)}`", _pct(v.change), ci, _pct(v.threshold, False), v.why]
 
 
-def markdown(verdicts: list[Verdict], options: Options, title: str, notes: list[str]) -> str:
+RECORDS_DIFFER = "Run records differ (baseline -> head)"
+
+
+def markdown(verdicts: list[Verdict], options: Options, title: str, notes: list[str], records: list[str] = ()) -> str:
+    """`records`: the run records' differences, one `key: baseline -> head` each (nn_speedups.report.run_record),
+    shown first: they may explain any verdict below."""
     header = ["verdict", "case", "change", "95% CI", "threshold", "why"]
     shown = [v for v in verdicts if v.verdict != "unchanged"]
     quiet = [v for v in verdicts if v.verdict == "unchanged"]
-    text = f"### Regression gate: {headline(verdicts, options)}\n\n{title}\n\n"
+    text = f"### Regression gate: {headline(verdicts, options)}\n\n"
+    if records:
+        text += f"{RECORDS_DIFFER}:\n\n" + "".join(f"- `{cell(r)}`\n" for r in records) + "\n"
+    text += f"{title}\n\n"
     text += "".join(f"- {n}\n" for n in notes) + ("\n" if notes else "")
     if shown:
         text += table(header, [_row(v) for v in shown])
@@ -47,8 +56,13 @@ def markdown(verdicts: list[Verdict], options: Options, title: str, notes: list[
     return text + "\n"
 
 
-def terminal(verdicts: list[Verdict], options: Options, title: str, notes: list[str], verbose: bool) -> str:
-    lines = [f"nn_speedups.gate: {headline(verdicts, options)}", title, *[f"  note: {n}" for n in notes], ""]
+def terminal(
+    verdicts: list[Verdict], options: Options, title: str, notes: list[str], verbose: bool, records: list[str] = ()
+) -> str:
+    lines = [f"nn_speedups.gate: {headline(verdicts, options)}"]
+    if records:
+        lines += [f"{RECORDS_DIFFER}:", *[f"  {r}" for r in records]]
+    lines += [title, *[f"  note: {n}" for n in notes], ""]
     for v in verdicts:
         if v.verdict == "unchanged" and not verbose:
             continue

@@ -19,3 +19,4 @@ RUN_NAME = pytest.StashKey[str]()
 TRACER = pytest.StashKey[object]()  # a nn_speedups.trace.Tracer, or None without --traces
 INPUT_SIZES = pytest.StashKey[dict]()  # user model name -> what the run header says of its inputs
 FAILED_CASES = pytest.StashKey[dict]()  # node id -> the failed case's family, model, variant, batch (the report's)
+RUN_RECORD = pytest.StashKey[dict]()  # nn_speedups.core.env.run_record, captured at configure (machine_info["record"])

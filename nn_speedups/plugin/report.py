@@ -1,4 +1,5 @@
-"""The end of the run: machine info for pytest-benchmark, the report written and printed, the smoke summary."""
+"""The end of the run: machine info (with the run record) for pytest-benchmark, the report written and printed, the
+smoke summary."""
 
 from __future__ import annotations
 
@@ -9,16 +10,32 @@ import pytest
 from nn_speedups.core import env
 from nn_speedups.measure import energy
 from nn_speedups.plugin.gate import _stock_gate_summary
-from nn_speedups.plugin.keys import FAILED_CASES, OUTCOMES, RECORDS, RUN_NAME, SETTINGS
+from nn_speedups.plugin.keys import FAILED_CASES, OUTCOMES, RECORDS, RUN_NAME, RUN_RECORD, SETTINGS
 
 
-def run_machine_info() -> dict:
-    """The machine and its versions (nn_speedups.core.env), and what its energy meters can read."""
-    return {**env.machine_info(), "energy": energy.describe()}
+def run_machine_info(config: pytest.Config | None = None) -> dict:
+    """The machine and its versions (nn_speedups.core.env), what its energy meters can read, and the run record
+    captured when the session started (nn_speedups.plugin.session.capture_record)."""
+    info = {**env.machine_info(), "energy": energy.describe()}
+    record = config.stash.get(RUN_RECORD, None) if config is not None else None
+    if record is not None:
+        info["record"] = record
+    return info
+
+
+def commit_info(config: pytest.Config) -> dict:
+    """The commit and whether the tree was dirty, gathered as pytest-benchmark does for the JSON it saves."""
+    from pytest_benchmark.utils import get_commit_info
+
+    try:
+        project = config.getoption("benchmark_project_name", None)
+    except ValueError:
+        project = None
+    return get_commit_info(project)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    machine_info.update(run_machine_info())
+    machine_info.update(run_machine_info(config))
     settings = config.stash.get(SETTINGS, None)
     if settings is not None:
         machine_info["nn_speedups"] = {
@@ -50,7 +67,8 @@ def _write_report(terminalreporter, config: pytest.Config, records: list) -> Non
     outcomes = config.stash.get(OUTCOMES, {"failed": {}, "skipped": {}})
     cases = dict(config.stash.get(FAILED_CASES, {}))  # the bench cases that failed (not a self-test's failure)
     run = {
-        "machine_info": run_machine_info(),
+        "machine_info": run_machine_info(config),
+        "commit_info": commit_info(config),
         "benchmarks": records,
         "nn_speedups": {
             "failed": {node: line for node, line in outcomes["failed"].items() if node in cases},
@@ -62,6 +80,7 @@ def _write_report(terminalreporter, config: pytest.Config, records: list) -> Non
     terminalreporter.section("nn-speedups report")
     terminalreporter.write(report.render_tables(run))
     terminalreporter.write_line("")
+    terminalreporter.write_line(report.run_record.summary_line(run))
     for path in paths:
         terminalreporter.write_line(f"written: {path}")
 

@@ -1,13 +1,17 @@
-"""The run's lifecycle: configure and unconfigure, the --traces tracer, the run header and the progress lines."""
+"""The run's lifecycle: configure and unconfigure, the run record, the --traces tracer, the run header and the progress
+lines."""
 
 from __future__ import annotations
 
 import datetime
+import inspect
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from nn_speedups.core import env
 from nn_speedups.plugin.keys import (
     BENCH_FIXTURES,
     DURATIONS_CACHE,
@@ -16,6 +20,7 @@ from nn_speedups.plugin.keys import (
     PROGRESS,
     RECORDS,
     RUN_NAME,
+    RUN_RECORD,
     SETTINGS,
     STOCK_REGRESSIONS,
     TRACER,
@@ -28,6 +33,7 @@ from nn_speedups.plugin.progress import PRIOR_S_PER_CASE, RunProgress, family_of
 
 def pytest_configure(config: pytest.Config) -> None:
     register_markers(config)
+    config.stash[RUN_RECORD] = capture_record(config)  # before anything runs: Inductor's cache as the run found it
     config.stash[SETTINGS] = _settings(config)
     config.stash[RECORDS] = []
     config.stash[VARIANT_NAMES] = set()
@@ -42,6 +48,29 @@ def pytest_configure(config: pytest.Config) -> None:
     price = config.getoption("--price-per-hour")
     if price is not None and not price > 0:
         raise pytest.UsageError(f"--price-per-hour {price}: give the machine's price in USD per hour, e.g. 2.5")
+
+
+def suite_seeds() -> dict[str, int]:
+    """The seeds the benches use. The suite has no one shared seed constant: each is read where it lives (a default
+    argument or a module constant), and the weights' seed is the literal of models/registry.py build_model."""
+    from nn_speedups.data.synthetic import synthetic_splits
+    from nn_speedups.measure.calibration import CALIBRATION_SEED
+    from nn_speedups.models.registry import image_inputs
+
+    default = lambda function: inspect.signature(function).parameters["seed"].default  # noqa: E731
+    return {
+        "model_weights": 0,  # build_model: torch.manual_seed(0) before every model is built (seeded random weights)
+        "example_inputs": default(image_inputs),  # the benches' inputs (text and user models take the same seed)
+        "calibration_inputs": CALIBRATION_SEED,  # INT8 calibration batches: CALIBRATION_SEED + batch index
+        "synthetic_data": default(synthetic_splits),  # nn_speedups.data's synthetic set (accuracy, calibration)
+    }
+
+
+def capture_record(config: pytest.Config) -> dict:
+    """The run record (nn_speedups.core.env.run_record) with the suite's seeds and the arguments pytest was given."""
+    record = env.run_record(argv=sys.argv, cwd=str(config.invocation_params.dir), seeds=suite_seeds())
+    record["pytest_args"] = [str(a) for a in config.invocation_params.args]
+    return record
 
 
 def _refuse_pdb_trace_with_a_filter(config: pytest.Config) -> None:

@@ -2,12 +2,14 @@
 and a side-by-side comparison of two runs.
 
     python -m nn_speedups.report RUN.json [BASELINE.json] [--out reports/NAME]
+    python -m nn_speedups.report --diff A.json B.json     what differs between two runs' records, then their medians
 
 RUN.json is a file pytest-benchmark saved (`--benchmark-autosave` writes .benchmarks/<machine>/NNNN_*.json).
 
 The package's modules, one job each: records (a run's benchmarks and failed cases as rows), cells (formatting a
 value as a cell), tables and training (the markdown tables), compare (two runs side by side), csvfile (the CSV),
-plots (the PNGs), document (the whole report as text and as files); main() below is the command line.
+plots (the PNGs), document (the whole report as text and as files), run_record (two runs' records diffed: versions,
+settings, Inductor's cache, seeds, command, commit); main() below is the command line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nn_speedups.report import run_record
 from nn_speedups.report.compare import comparison_table
 from nn_speedups.report.csvfile import write_csv
 from nn_speedups.report.document import render_tables, write_report
@@ -65,6 +68,7 @@ __all__ = [
     "reason_line",
     "render_tables",
     "rows",
+    "run_record",
     "speedup_grid",
     "training_tables",
     "write_csv",
@@ -74,10 +78,22 @@ __all__ = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nn_speedups.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", help="a pytest-benchmark JSON file")
+    parser.add_argument("run", nargs="?", help="a pytest-benchmark JSON file")
     parser.add_argument("baseline", nargs="?", help="a second run to compare against")
     parser.add_argument("--out", help="report path without suffix (default: reports/<run file name>)")
+    parser.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="what differs between two runs' records (machine, versions, settings, commit), then their medians",
+    )
     args = parser.parse_args(argv)
+    if args.diff:
+        if args.run:
+            parser.error("--diff takes the two runs itself: --diff A.json B.json")
+        return run_record.diff_command(*args.diff)
+    if not args.run:
+        parser.error("give a run: RUN.json [BASELINE.json], or --diff A.json B.json")
     try:
         run = load_run(args.run)
         baseline = load_run(args.baseline) if args.baseline else None
