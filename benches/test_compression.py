@@ -1,6 +1,6 @@
 """Model compression in PyTorch: INT8 (static PT2E, dynamic, QAT) with torchao, pruning that removes work (channels,
 with torch-pruning and a fine-tune), unstructured magnitude pruning, 2:4 semi-structured sparsity, and knowledge
-distillation; seed 003's "making models smaller", with what each costs in accuracy.
+distillation: the "making models smaller" techniques, with what each costs in accuracy.
 
 Measures, per model and batch: latency, samples/s, `speedup_vs_eager` and `speedup_vs_compiled` (over the same
 uncompressed model compiled with Inductor: the `compile` row, which runs in every profile here), top-1/top-5 and
@@ -17,10 +17,13 @@ Correctness before timing (thresholds in nn_speedups/measure/correctness.py):
 - `pt-int8-static`, `pt-int8-dynamic`: `lossy` (SQNR >= 20 dB against eager fp32; top-1 agreement reported); the
   graph must hold quantization ops and int8 weights, and must not recompile (a recompile loses Inductor freezing).
 - pruned, fine-tuned, QAT-trained and distilled models change the function on purpose: `accuracy`, top-1 on
-  evaluation images that no fine-tune, calibration or training saw at most 10 points below the uncompressed
-  model's (the row reports the exact `top1_drop`); plus "it engaged": real sparsity reached (unstructured), layers
-  really narrower and fewer parameters (channels). They need trained weights: a `--checkpoint`, or a model the
-  profile trains (quick: resnet18, resnet50); elsewhere they skip with that reason.
+  evaluation images that no fine-tune, calibration or training saw at most 10 points below their reference's (the
+  row reports the exact `top1_drop` and `reference_kind`). The reference of a variant that trains is its matched
+  control, never the untouched model: the uncompressed model fine-tuned with the same steps, lr and batches
+  (`control_top1`; a quick-trained net gains from any fine-tune, and that gain is not compression's), and for a
+  distilled student the same architecture trained alone on the same budget. Plus "it engaged": real sparsity
+  reached (unstructured), layers really narrower and fewer parameters (channels). They need trained weights: a
+  `--checkpoint`, or a model the profile trains (quick: resnet18, resnet50); elsewhere they skip with that reason.
 - `sparse-2to4` (bert-base, fp16, CUDA compute capability >= 8.0): the sparse kernels' output has cosine >= 0.99
   with the same 2:4-pruned model run with dense kernels; skips elsewhere with the reason.
 All fine-tunes and calibrations use the training split of `--data`; accuracy is measured on its evaluation split.
@@ -45,14 +48,14 @@ from nn_speedups.measure import metrics
 from nn_speedups.optimizations import prune
 from nn_speedups.optimizations import quantize_torch as qt
 from nn_speedups.optimizations.base import NotEngagedError, Runner
-from nn_speedups.optimizations.finetune import FineTuneConfig, fine_tune
+from nn_speedups.optimizations.finetune import FineTuneConfig, clone_for_training, fine_tune
 
 FINETUNE_LR = 3e-4  # the training recipe's lr (AdamW): a pruned network has a lot to recover in few steps
 QAT_LR = 1e-5  # QAT only nudges trained weights towards the int8 grid
 DISTILL_TEACHER = "resnet50"
 KD_TEMPERATURE, KD_ALPHA = 4.0, 0.9
 # The teacher trains longer than the students (whose budget is the profile's one short epoch): a resnet50 trained
-# like them is a worse classifier than the resnet18 (README: 39.8% against 77.3% at 128x128), nothing to learn from.
+# like them is a worse classifier than the resnet18 at 128x128, nothing to learn from.
 TEACHER_RECIPE = {"epochs": 3, "train_samples": 2560}
 
 
@@ -62,6 +65,31 @@ def _finish(runner: Runner, facts: dict, model_file=None) -> Runner:
     if model_file or facts.get("model_file"):
         runner.artifact_files = (str(model_file or facts["model_file"]),)
     return runner
+
+
+CONTROL_FIELDS = ("reference_top1", "reference_kind", "control_top1", "control_steps", "control_lr")
+
+
+def matched_control(model, ctx: VariantContext, config: FineTuneConfig) -> dict:
+    """The fair reference of a variant that trains: the uncompressed model fine-tuned with the same steps, lr and
+    batches as the variant (cached per steps and lr). A quick-trained net is far from converged, so a fine-tune alone
+    gains accuracy; comparing a pruned or QAT model with the untouched one would credit compression with that gain.
+    Returns the fields the accuracy check and the report read: `reference_top1` is the control's top-1."""
+
+    def build():
+        twin = clone_for_training(model)
+        stats = fine_tune(twin, comp.finetune_batches(ctx), config)
+        return None, {"control_top1": comp.top1_evaluator(ctx)(twin.eval()), "control_steps": stats["finetune_steps"]}
+
+    facts = comp.CACHE.get(ctx, f"control-{config.steps}-{config.lr:g}", build)[1]
+    steps = facts["control_steps"]
+    return {
+        "reference_top1": facts["control_top1"],
+        "reference_kind": f"control: uncompressed, fine-tuned the same {steps} steps",
+        "control_top1": facts["control_top1"],
+        "control_steps": steps,
+        "control_lr": config.lr,
+    }
 
 
 def _model_facts(model: torch.nn.Module, inputs: tuple) -> dict:
@@ -113,10 +141,15 @@ def pt_int8_qat(model, inputs, ctx: VariantContext) -> Runner:
 
     graph, facts = comp.CACHE.get(ctx, "pt-int8-qat", build)
     runner = qt.runner_for_graph(graph, inputs, qt.StaticInt8Config(), {"int8_config": "PT2E QAT X86InductorQuantizer"})
-    return _finish(runner, facts)
+    control = matched_control(model, ctx, FineTuneConfig(steps=ctx.profile.qat_steps, lr=QAT_LR, device=ctx.device))
+    return _finish(runner, {**facts, **control})
 
 
 # ------------------------------------------------------------------------------------------- pruning
+
+
+def _prune_finetune(ctx: VariantContext) -> FineTuneConfig:
+    return FineTuneConfig(steps=ctx.profile.finetune_steps, lr=FINETUNE_LR, device=ctx.device)
 
 
 def prune_unstructured(amount: float):
@@ -126,7 +159,7 @@ def prune_unstructured(amount: float):
         def build():
             evaluate = comp.top1_evaluator(ctx)
             facts: dict = {}
-            config = FineTuneConfig(steps=ctx.profile.finetune_steps, lr=FINETUNE_LR, device=ctx.device)
+            config = _prune_finetune(ctx)
 
             def finetune(masked) -> None:  # trained with the masks in place: the zeros stay zeros
                 facts["top1_before_finetune"] = evaluate(masked.eval())
@@ -139,6 +172,7 @@ def prune_unstructured(amount: float):
             return pruned, {**facts, **sizes, "model_file": str(model_file), "sparsity": sparsity}
 
         pruned, facts = comp.CACHE.get(ctx, name, build)
+        facts = {**facts, **matched_control(model, ctx, _prune_finetune(ctx))}
 
         def verify() -> None:
             if facts["sparsity"] < amount - 0.01:
@@ -160,14 +194,13 @@ def _pruned_channels(model, inputs, ctx: VariantContext, ratio: float):
         start = time.perf_counter()
         pruned = prune.prune_channels(model, inputs, config)
         facts = {"prune_s": time.perf_counter() - start, "top1_before_finetune": evaluate(pruned.eval())}
-        finetune = FineTuneConfig(steps=ctx.profile.finetune_steps, lr=FINETUNE_LR, device=ctx.device)
-        facts.update(fine_tune(pruned, comp.finetune_batches(ctx), finetune))
+        facts.update(fine_tune(pruned, comp.finetune_batches(ctx), _prune_finetune(ctx)))
         facts["top1_after_finetune"] = evaluate(pruned.eval())
         model_file, sizes = comp.size_fields(ctx, name, pruned.state_dict(), model, kmeans=True)
         return pruned, {**facts, **sizes, "model_file": str(model_file), "finetune_lr": FINETUNE_LR}
 
     pruned, facts = comp.CACHE.get(ctx, name, build)
-    return pruned, facts, config
+    return pruned, {**facts, **matched_control(model, ctx, _prune_finetune(ctx))}, config
 
 
 def prune_channels(ratio: float):
@@ -195,7 +228,8 @@ def prune_channels_int8(ratio: float):
             verify_int8()
 
         runner.verify = verify
-        carried = {k: pruned_facts[k] for k in ("top1_before_finetune", "top1_after_finetune", "finetune_steps")}
+        kept = ("top1_before_finetune", "top1_after_finetune", "finetune_steps", *CONTROL_FIELDS)
+        carried = {k: pruned_facts[k] for k in kept}
         pruned_mb = {"pruned_size_mb": pruned_facts["size_fp32_mb"] / pruned_facts["size_ratio"]}
         facts = {**facts, "build_s": facts["build_s"] + pruned_facts["build_s"], **carried, **pruned_mb}
         return _finish(runner, {**facts, **shapes, **_model_facts(pruned, inputs)})
@@ -236,6 +270,7 @@ def distilled(teacher_name: str):
             alone_top1 = evaluate(alone)
             facts = {
                 "reference_top1": alone_top1,  # the accuracy criterion compares with the student trained alone
+                "reference_kind": "control: the student trained alone, same data and budget",
                 "student_alone_top1": alone_top1,
                 "teacher_top1": evaluate(teacher),
                 "teacher": teacher_name,

@@ -282,10 +282,15 @@ def test_compression_bench_runs_and_records_what_it_saved(tmp_path):
     assert pruned["model_size_mb"] < 0.7 * eager["model_size_mb"] and pruned["check"] == "accuracy"
     assert pruned["top1_after_finetune"] == pytest.approx(pruned["top1"], abs=0.02)  # same images, eager
     assert pruned["finetune_steps"] == 20 and pruned["build_s"] > 0 and pruned["kmeans16_size_mb"] > 0
+    # judged against the matched control, the uncompressed model fine-tuned the same 20 steps, not the untouched one
+    assert pruned["control_steps"] == 20 and pruned["reference_top1"] == pruned["control_top1"]
+    assert pruned["top1_drop"] == pytest.approx(pruned["control_top1"] - pruned["top1"])
+    assert "control_top1" not in int8 and "control_top1" not in eager  # no training, no control
     saved = torch.load(pruned["model_file"], weights_only=True)
     assert saved["conv1.weight"].shape[0] < 64  # the real, narrower shapes on disk
     md = next((tmp_path / "reports").glob("*.md")).read_text()
     assert "compression: resnet18, sizes, accuracy and speed-ups" in md and "seed 004's table" in md
+    assert f"| control: eager + 20 fine-tune steps, lr 0.0003 {'| - ' * 9}| {pruned['control_top1']:.1%} |" in md
     assert next((tmp_path / "reports").glob("*-accuracy-latency.png")).stat().st_size > 1000
 
 
@@ -301,7 +306,8 @@ def test_report_tables_and_accuracy_latency_plot(tmp_path):
         row("eager", 8, 10.0, 0.80),
         row("prune-channels-50", 8, 5.0, 0.78, model_size_mb=10.0, size_ratio=4.0, compressed_size_mb=2.0,
             compressed_ratio=20.0, top1_before_finetune=0.1, top1_after_finetune=0.78, speedup_vs_compiled=1.5,
-            check="accuracy", top1_drop=0.02, reference_top1=0.80, sqnr_db=6.0, size_fp32_mb=40.0),
+            check="accuracy", top1_drop=0.04, reference_top1=0.82, sqnr_db=6.0, size_fp32_mb=40.0, control_top1=0.82,
+            control_steps=30, control_lr=3e-4, reference_kind="control: uncompressed, fine-tuned the same 30 steps"),
         row("distilled-from-resnet50", 8, 10.0, 0.82, student_alone_top1=0.79, teacher_top1=0.85,
             teacher_median_ms=25.0, student_median_ms=10.0, student_speedup_vs_teacher=2.5),
         {**row("ort-int8-minmax", 8, 3.0, 0.79), "family": "onnxruntime"},
@@ -309,12 +315,23 @@ def test_report_tables_and_accuracy_latency_plot(tmp_path):
     text = report.render_tables({"machine_info": {}, "benchmarks": [{"extra_info": r} for r in rows]})
     assert "compression: resnet18, sizes, accuracy and speed-ups" in text
     assert "| prune-channels-50-fp32 | 1.00 | 0.500 | 10.00 (4.0x) |" in text
-    assert "10.0% / 78.0%" in text and "20.0x" in text and "accuracy (top-1 -2.0 pts vs 80.0%" in text
+    assert "10.0% / 78.0%" in text and "20.0x" in text
+    assert "accuracy (top-1 -4.0 pts vs 82.0%, control: uncompressed, fine-tuned the same 30 steps" in text
+    assert "| 78.0% | -4.0 (control) |" in text  # against the control's 82%, not eager's 80%
+    assert f"| control: eager + 30 fine-tune steps, lr 0.0003 {'| - ' * 9}| 82.0% | - |" in text
     assert "distillation: students against the teacher" in text and "| 82.0% | 79.0% | 85.0% |" in text
     assert "compression: resnet18, per technique and batch (seed 004's table)" in text
     png = report.plot_accuracy_latency(rows, tmp_path / "acc.png")
     assert png.stat().st_size > 1000
     assert report.plot_accuracy_latency([{**r, "top1": None} for r in rows], tmp_path / "none.png") is None
+
+
+def test_the_pareto_front_keeps_the_variants_no_other_beats_on_both():
+    from nn_speedups.report.plots import pareto_front
+
+    points = [(10.0, 80.0), (5.0, 78.0), (3.0, 79.0), (12.0, 82.0), (3.0, 70.0), (11.0, 81.0)]
+    assert pareto_front(points) == [2, 0, 5, 3]  # 3 ms 79%, 10 ms 80%, 11 ms 81%, 12 ms 82%; (5, 78) and (3, 70) lose
+    assert pareto_front([(1.0, 50.0)]) == [0] and pareto_front([]) == []
 
 
 def test_weight_coding_cli_recomputes_sizes_from_a_saved_file(tmp_path, capsys):

@@ -38,7 +38,8 @@ def _check_cell(row: dict) -> str:
     if row.get("check") == "accuracy":
         if row.get("top1_drop") is not None:
             drop, reference = -100 * row["top1_drop"], row["reference_top1"]
-            return f"accuracy (top-1 {drop:+.1f} pts vs {reference:.1%}; {row['sqnr_db']:.1f} dB)"
+            against = f"{reference:.1%}" + (f", {row['reference_kind']}" if row.get("reference_kind") else "")
+            return f"accuracy (top-1 {drop:+.1f} pts vs {against}; {row['sqnr_db']:.1f} dB)"
         if row.get("kernel_cosine") is not None:
             return f"accuracy (sparse vs dense kernels cos {row['kernel_cosine']:.4f})"
     return row.get("check") or "-"

@@ -89,39 +89,66 @@ def plot_latency(run_rows: list[dict], path: Path) -> Path:
     return _save(fig, path, axes, len(models))
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both (as fast or faster and at least as
+    accurate, better on one), ordered by latency: the variants worth choosing from."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def plot_accuracy_latency(run_rows: list[dict], path: Path) -> Path | None:
     """Top-1 against median latency, one panel per model and batch size, every variant of every family that has
-    both (accuracy columns need trained weights), labelled family:variant."""
+    both (accuracy columns need trained weights). Each point carries a number, listed beside the panel with its
+    family:variant, so no label is printed over another; the Pareto front (no variant both faster and more accurate)
+    is drawn as a step line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     points = [r for r in run_rows if r.get("top1") is not None and r.get("median_ms")]
     if not points:
         return None
     panels = sorted({(r["model"], r["batch_size"]) for r in points})
-    cols = min(3, len(panels))
+    cols = min(2, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.5 * cols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(8.5 * cols, 4.2 * nrows), squeeze=False)
     families = sorted({r.get("family", "") for r in points})
     colours = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
     for ax, (model, batch) in zip(axes.flat, panels):
-        mine = [r for r in points if (r["model"], r["batch_size"]) == (model, batch)]
+        mine = sorted((r for r in points if (r["model"], r["batch_size"]) == (model, batch)),
+                      key=lambda r: (r["median_ms"], -r["top1"]))  # fmt: skip
+        xy = [(r["median_ms"], 100 * r["top1"]) for r in mine]
+        front = pareto_front(xy)
+        fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
+        ax.step(fx, fy, where="post", color="0.55", linewidth=1, zorder=1, label="Pareto front")
         for family in families:
-            xs = [r["median_ms"] for r in mine if r.get("family", "") == family]
-            ys = [100 * r["top1"] for r in mine if r.get("family", "") == family]
-            if xs:
-                ax.scatter(xs, ys, color=colours[family], label=family, s=22)
-        for r in mine:
-            ax.annotate(_label(r), (r["median_ms"], 100 * r["top1"]), fontsize=6, xytext=(3, 2),
-                        textcoords="offset points")  # fmt: skip
+            chosen = [p for p, r in zip(xy, mine) if r.get("family", "") == family]
+            if chosen:
+                ax.scatter(*zip(*chosen), color=colours[family], label=family, s=26, zorder=2)
+        legend = []
+        for number, ((x, y), r) in enumerate(zip(xy, mine), 1):
+            ax.annotate(str(number), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            star = "*" if number - 1 in front else " "
+            legend.append(f"{number:>2}{star} {r.get('family', '')}:{_label(r)}  {y:.1f}%  {x:.3g} ms")
+        ax.text(1.02, 1.0, "\n".join(legend + ["", "* on the Pareto front"]), transform=ax.transAxes, fontsize=6,
+                va="top", family="monospace")  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="both", labelsize=7)
         ax.set_title(f"{model}, batch {batch}", fontsize=9)
         ax.set_xlabel("median latency ms (log)")
         ax.set_ylabel("top-1 %")
-        ax.legend(fontsize=6)
-    return _save(fig, path, axes, len(panels))
+        ax.legend(fontsize=6, loc="lower right")
+    fig.subplots_adjust(right=0.62 if cols == 1 else 0.8, wspace=0.9, hspace=0.45)
+    return _save(fig, path, axes, len(panels), tight=False)
 
 
 def plot_operator_charts(table_rows: list[dict], path: Path) -> Path | None:

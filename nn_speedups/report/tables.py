@@ -126,6 +126,29 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
     return tables
 
 
+def _versus_reference(r: dict) -> str:
+    """The row's top-1 change against its reference, and which reference: its matched control, or eager."""
+    if r.get("top1_drop") is None:
+        return "-"
+    return f"{-100 * r['top1_drop']:+.1f} ({'control' if r.get('control_top1') is not None else 'eager'})"
+
+
+def _control_rows(mine: list[dict], header: list[str]) -> list[list[str]]:
+    """One row per matched control the variants were compared with (nn_speedups' compression bench: the
+    uncompressed model fine-tuned with the variant's steps and lr), its top-1 in the top-1 column."""
+    controls = {}
+    for r in mine:
+        if r.get("control_top1") is not None:
+            controls[(r.get("control_steps"), r.get("control_lr"))] = r["control_top1"]
+    out = []
+    for (steps, lr), top1 in sorted(controls.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
+        cells = ["-"] * len(header)
+        cells[0] = f"control: eager + {steps} fine-tune steps, lr {lr:g}"
+        cells[header.index("top-1")] = _pct(top1)
+        out.append(cells)
+    return out
+
+
 def compression_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
     """The compression family per model: what each variant costs and saves. Sizes are the files saved (the fp32
     state dict, the compressed model, its int8 codes, those Huffman coded, k-means codes, zstd of the file), with
@@ -137,6 +160,7 @@ def compression_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
         batch = max(r["batch_size"] for r in mine)
         header = ["variant", "params M", "GFLOPs/image", "file MB (x)", "int8 MB (x)", "Huffman MB (x)",
                   "k-means 16 / 32 MB", "zstd MB (x)", "sparsity", "top-1 before / after fine-tune", "top-1",
+                  "vs reference (pts)",
                   f"BS {batch} vs eager", f"BS {batch} vs compiled", "build s"]  # fmt: skip
         body = []
         for label in dict.fromkeys(_label(r) for r in mine):
@@ -157,13 +181,20 @@ def compression_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
                     _pct(r.get("sparsity")),
                     f"{_pct(before)} / {_pct(after)}" if before is not None else "-",
                     _pct(r.get("top1")),
+                    _versus_reference(r),
                     _fmt(r.get("speedup_vs_eager")) + "x",
                     _ratio(r.get("speedup_vs_compiled")),
                     _fmt(r.get("build_s"), 1),
                 ]
             )
+        body += _control_rows(mine, header)
         fp32 = next((r.get("size_fp32_mb") for r in mine if r.get("size_fp32_mb")), None)
-        note = f"\nfp32 file: {_fmt(fp32, 2)} MB; (x) = times smaller than it.\n" if fp32 else ""
+        note = f"\nfp32 file: {_fmt(fp32, 2)} MB; (x) = times smaller than it." if fp32 else ""
+        note += (
+            "\nvs reference: top-1 points against the row's reference: a variant that trains (QAT, pruning with a "
+            "fine-tune) against its matched control, the uncompressed model fine-tuned the same steps on the same "
+            "data (the control rows); the others against eager, the uncompressed model as loaded.\n"
+        )
         tables.append((f"compression: {model}, sizes, accuracy and speed-ups", markdown.table(header, body) + note))
     return tables
 
