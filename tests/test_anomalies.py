@@ -85,3 +85,24 @@ def test_a_percentile_from_too_few_rounds_prints_the_count():
     assert anomalies.percentile_cell(row, "p90_ms") == "n=12"
     assert anomalies.percentile_cell({"rounds": 100, "p90_ms": 3.0}, "p90_ms") == "3.00"
     assert anomalies.percentile_cell({"rounds": 100, "p99_ms": 4.0}, "p99_ms") == "n=100"
+
+
+def test_an_eager_model_that_is_not_repeatable_is_flagged_on_its_eager_row():
+    run = _run()
+    for bench in run["benchmarks"]:
+        bench["extra_info"].update(eager_deterministic=False, eager_repeat_max_abs=2e-7)
+    flags = _flags(run)
+    assert flags["test_inference[bert-base-bs8-eager-fp32]"] == ["repeat"]
+    assert "repeat" not in flags["test_inference[bert-base-bs8-amp-bf16]"]  # said once, on eager's row
+
+
+def test_cold_start_adds_the_process_start_the_model_load_and_the_first_result():
+    run = _run()
+    run["machine_info"]["record"] = {"process_start_s": 4.0}
+    for bench in run["benchmarks"]:
+        bench["extra_info"].update(model_load_s=0.5, compile_s=2.0 if bench["name"].endswith("compile-fp32]") else 0.1)
+    cold = {r["name"]: r["cold_start_s"] for r in report.rows(run)}
+    assert cold["test_inference[bert-base-bs1-compile-fp32]"] == 6.5
+    assert cold["test_inference[bert-base-bs1-eager-fp32]"] == 4.6
+    del run["machine_info"]["record"]  # a run saved before the record: no start-up known, no cold start claimed
+    assert all("cold_start_s" not in r for r in report.rows(run))

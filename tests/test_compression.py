@@ -289,7 +289,7 @@ def test_compression_bench_runs_and_records_what_it_saved(tmp_path):
     saved = torch.load(pruned["model_file"], weights_only=True)
     assert saved["conv1.weight"].shape[0] < 64  # the real, narrower shapes on disk
     md = next((tmp_path / "reports").glob("*.md")).read_text()
-    assert "compression: resnet18, sizes, accuracy and speed-ups" in md and "seed 004's table" in md
+    assert "compression: resnet18, sizes, accuracy and speed-ups" in md and "per technique and batch" in md
     assert f"| control: eager + 20 fine-tune steps, lr 0.0003 {'| - ' * 9}| {pruned['control_top1']:.1%} |" in md
     assert next((tmp_path / "reports").glob("*-accuracy-latency.png")).stat().st_size > 1000
 
@@ -320,7 +320,7 @@ def test_report_tables_and_accuracy_latency_plot(tmp_path):
     assert "| 78.0% | -4.0 (control) |" in text  # against the control's 82%, not eager's 80%
     assert f"| control: eager + 30 fine-tune steps, lr 0.0003 {'| - ' * 9}| 82.0% | - |" in text
     assert "distillation: students against the teacher" in text and "| 82.0% | 79.0% | 85.0% |" in text
-    assert "compression: resnet18, per technique and batch (seed 004's table)" in text
+    assert "compression: resnet18, per technique and batch" in text
     png = report.plot_accuracy_latency(rows, tmp_path / "acc.png")
     assert png.stat().st_size > 1000
     assert report.plot_accuracy_latency([{**r, "top1": None} for r in rows], tmp_path / "none.png") is None

@@ -108,3 +108,14 @@ def test_cosine_of_tiny_outputs_is_not_clamped():
     ref = torch.randn(1000, dtype=torch.float64) * 1e-10
     result = check_lowp(ref * (1 + 1e-3 * torch.randn_like(ref)), ref)
     assert result.cosine > 0.9999
+
+
+def test_eager_run_twice_is_reported_deterministic_only_when_bitwise_equal():
+    from nn_speedups.measure.baselines import repeat_fields
+
+    out = (torch.ones(3), torch.arange(4.0))
+    assert repeat_fields(out, (torch.ones(3), torch.arange(4.0))) == {"eager_deterministic": True,
+                                                                       "eager_repeat_max_abs": 0.0}  # fmt: skip
+    nudged = (torch.ones(3), torch.arange(4.0) + torch.tensor([0.0, 0.0, 2.0**-19, 0.0]))  # one ulp of 2.0
+    found = repeat_fields(out, nudged)
+    assert found["eager_deterministic"] is False and found["eager_repeat_max_abs"] == 2.0**-19

@@ -35,6 +35,10 @@ def test_saved_run_has_every_field(tiny_run):
         assert info["peak_device_mb"] is None and info["peak_host_mb"] > 100
         assert info["gflops"] > 0 and info["model_size_mb"] > (40 if info["dtype"] == "fp32" else 20)
         assert bench["group"] == f"inference/resnet18-bs{info['batch_size']}" and info["family"] == "inference"
+        # eager run twice on the same images: reported, whatever it is (a CPU's fp32 conv is usually bitwise stable)
+        assert isinstance(info["eager_deterministic"], bool) and info["eager_repeat_max_abs"] >= 0
+        assert info["model_load_s"] > 0 and info["compile_s"] > 0  # the two parts of a cold start this case has
+        assert info["eager_deterministic"] == (info["eager_repeat_max_abs"] == 0)
 
 
 def test_eager_is_its_own_baseline_and_others_share_it(tiny_run):

@@ -4,11 +4,13 @@ run (the session's tiny_run) shows the record is captured."""
 
 import copy
 import json
+import os
 import subprocess
 import sys
 
 from nn_speedups.core import env
 from nn_speedups.report import run_record
+from tests.conftest import ROOT
 
 
 def _saved(**changes) -> dict:
@@ -111,9 +113,12 @@ def test_report_diff_shows_the_records_before_the_medians_and_bad_files_get_one_
 def test_a_real_run_saves_its_record(tiny_run):
     _, saved, where = tiny_run
     record = saved["machine_info"]["record"]
-    assert record["freeze"]["sha256"] == env.freeze_hash(env.freeze_lines())  # the same venv as this process
+    fresh = subprocess.run([sys.executable, "-c", "from nn_speedups.core import env; "
+                            "print(env.freeze_hash(env.freeze_lines()))"], capture_output=True, text=True,
+                           cwd=where, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert record["freeze"]["sha256"] == fresh.stdout.strip()  # the venv's set, as a fresh interpreter sees it
     assert record["inductor_cache"]["state"] in ("cold", "warm") and record["inductor_cache"]["dir"]
-    assert record["threads"]["torch"] >= 1 and record["cwd"] == str(where)
+    assert record["threads"]["torch"] >= 1 and record["cwd"] == str(where) and record["process_start_s"] > 0
     assert "--variants" in record["pytest_args"]
     assert set(record["seeds"]) == {"model_weights", "example_inputs", "calibration_inputs", "synthetic_data"}
     assert saved["commit_info"].get("id") or saved["commit_info"].get("error")

@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def inductor_cache(path: str | None = None) -> dict:
     except OSError:  # missing, or not a folder
         entries = 0
     return {"dir": path, "state": "warm" if entries else "cold", "entries": entries}
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (psutil's create time): called at a run's configure, what starting Python,
+    pytest, torch and the suite took before any case, the first part of every case's cold start."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (ImportError, OSError):
+        return None
 
 
 def run_record(argv: list[str] | None = None, cwd: str | None = None, seeds: dict | None = None) -> dict:

@@ -3,6 +3,7 @@ compiled timings, cached one model at a time. Re-exported by nn_speedups.measure
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,8 @@ class Baseline:
     weights: str  # "random", or the file the weights came from
     trained: bool  # weights trained on the data source's labels: accuracy columns for every variant
     inputs_from: str = "random"  # what the checks and timings run on
+    load_s: float | None = None  # building the model and loading its weights (a serving process pays it at start)
+    eager_repeat: dict = field(default_factory=dict)  # eager run twice on the same inputs (repeat_fields)
     eager: timing.Summary | None = None
     compiled: timing.Summary | None = None  # torch.compile of the same model, for speedup_vs_compiled
 
@@ -57,7 +60,9 @@ class BaselineCache:
 
             weights = str(trained_checkpoint(case.spec.name, s.image_size, s.device, s.data))
         size = image_size_of(case.spec, s.image_size)
+        start = time.perf_counter()
         model = build_model(case.spec, size, activation=case.activation, weights=weights).to(s.device)
+        load_s = time.perf_counter() - start
         trained = weights not in (None, "", "random", "pretrained")
         inputs, inputs_from = case.spec.example_inputs(case.batch_size, size, s.device), "random"
         if trained and "vision" in case.spec.tags:
@@ -73,6 +78,8 @@ class BaselineCache:
                 if refusal is None:
                     raise
                 raise refusal from None
+        with torch.inference_mode():
+            repeat = repeat_fields(reference, model(*inputs))
         return Baseline(
             model=model,
             inputs=inputs,
@@ -82,6 +89,8 @@ class BaselineCache:
             weights=weights or "random",
             trained=trained,
             inputs_from=inputs_from,
+            eager_repeat=repeat,
+            load_s=load_s,
         )
 
     def eager_summary(self, case: Case) -> timing.Summary:
@@ -109,6 +118,18 @@ class BaselineCache:
                     lambda: runner(*base.inputs), timing.synchronizer(self.settings.device), self.settings.profile
                 )
         return base.compiled
+
+
+def repeat_fields(first: object, second: object) -> dict:
+    """Whether eager gave the same output twice on the same inputs: `eager_deterministic` (bit for bit) and
+    `eager_repeat_max_abs` (the largest difference). Reported, never failed: some kernels are nondeterministic
+    (atomics on a GPU, thread-count-dependent reductions), and then no variant can be held to an exact match."""
+    from nn_speedups.measure.correctness import _tensors
+
+    pairs = list(zip(_tensors(first), _tensors(second), strict=True))
+    same = all(torch.equal(a, b) for a, b in pairs)
+    worst = max(((a - b).abs().max().item() for a, b in pairs if a.numel()), default=0.0)
+    return {"eager_deterministic": same, "eager_repeat_max_abs": worst}
 
 
 def data_inputs(settings: Settings, batch_size: int, image_size: int | None = None) -> tuple[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Correctness before timing: the three criteria of DESIGN.md and every threshold, in one table.
+"""Correctness before timing: every criterion (exact, lowp, lossy, accuracy) and every threshold, in one table.
 
 - exact: numerics-preserving variants; elementwise |out - ref| <= atol + rtol * |ref| with rtol keyed by dtype and
   atol = max(the dtype's share of the output's largest magnitude, EXACT_ULPS x the dtype's resolution (eps) x

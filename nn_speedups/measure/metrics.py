@@ -51,9 +51,11 @@ class HostPeak:
         self._process = psutil.Process(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a sample and reset() never interleave: a reset peak stays reset
 
     def _sample(self) -> None:
-        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+        with self._lock:
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -74,8 +76,9 @@ class HostPeak:
 
     def reset(self) -> float:
         """Start a new peak from the current RSS (e.g. after a build); returns the peak so far in MB."""
-        before = self.peak_mb
-        self.peak_bytes = self._process.memory_info().rss
+        with self._lock:
+            before = self.peak_mb
+            self.peak_bytes = self._process.memory_info().rss
         return before
 
     @property

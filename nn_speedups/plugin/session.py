@@ -69,6 +69,7 @@ def suite_seeds() -> dict[str, int]:
 def capture_record(config: pytest.Config) -> dict:
     """The run record (nn_speedups.core.env.run_record) with the suite's seeds and the arguments pytest was given."""
     record = env.run_record(argv=sys.argv, cwd=str(config.invocation_params.dir), seeds=suite_seeds())
+    record["process_start_s"] = env.process_age_s()  # Python, pytest, torch and the suite imported: a cold start's
     record["pytest_args"] = [str(a) for a in config.invocation_params.args]
     return record
 

@@ -2,7 +2,8 @@
 
 A flag is a short code and a few words: a variant much slower than its baseline; a smaller batch whose call takes
 longer than a larger batch's (per-sample cost growing faster than the batch shrinks); rounds that drift between
-the first and second half, or split into two modes; a spread that makes the median uncertain. The shape figures
+the first and second half, or split into two modes; a spread that makes the median uncertain; an eager model that
+gives different outputs on the same inputs twice (nn_speedups.measure.baselines.repeat_fields). The shape figures
 (iqr_rel, drift, slow_mode_*) are what nn_speedups.measure.timing.summarize recorded of the case's own rounds; runs
 saved before it recorded them get only the flags that need no rounds. Where the suite knows why a case is slow
 (`explain`), the flag says so.
@@ -26,6 +27,7 @@ FLAG_NAMES = {
     "drift": "rounds drift",
     "modes": "two modes",
     "spread": "wide spread",
+    "repeat": "eager not repeatable",
 }
 
 
@@ -70,6 +72,11 @@ def row_flags(row: dict, isa: set[str] = frozenset()) -> list[str]:
         flags.append(
             f"modes: {row['slow_mode_share']:.0%} of the rounds are {row['slow_mode_ratio']:.2f}x slower than the "
             "rest (a second code path, a background process, frequency steps): the median is one mode's"
+        )
+    if row.get("variant") == "eager" and row.get("eager_deterministic") is False:
+        flags.append(
+            f"repeat: eager gave different outputs on the same inputs twice (max |diff| "
+            f"{row.get('eager_repeat_max_abs', 0):.3g}): nondeterministic kernels; every check compares with one run"
         )
     iqr = row.get("iqr_rel")
     if iqr is not None and iqr > SPREAD:

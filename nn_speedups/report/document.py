@@ -15,6 +15,7 @@ from nn_speedups.report.plots import (
 )
 from nn_speedups.report.records import _outcomes, failed_rows, rows
 from nn_speedups.report.tables import (
+    COLD_START_LEGEND,
     MEMORY_LEGEND,
     activation_table,
     compression_tables,
@@ -43,7 +44,7 @@ def render_tables(run: dict, baseline: dict | None = None, link_base: Path | Non
     for title, table in sections + operator_charts(run_rows) + flag_tables(run_rows) + failed_tables(run):
         text.append(f"\n### {title}\n\n{table}")
     if sections:
-        text.append(f"\n{MEMORY_LEGEND}\n")
+        text.append(f"\n{MEMORY_LEGEND}\n\n{COLD_START_LEGEND}\n")
     skipped = len(_outcomes(run)["skipped"])
     if skipped and not failed_rows(run):
         text.append(f"\n{skipped} skipped (see -rs).\n")

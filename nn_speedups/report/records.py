@@ -19,8 +19,10 @@ def load_run(path: str | Path) -> dict:
 
 
 def rows(run: dict) -> list[dict]:
-    """One flat row per benchmark: the extra_info fields plus the test name and group, and its anomaly flags
-    (nn_speedups.report.anomalies)."""
+    """One flat row per benchmark: the extra_info fields plus the test name and group, its anomaly flags
+    (nn_speedups.report.anomalies) and `cold_start_s`: the run's process start-up (record.process_start_s) plus the
+    case's model load (model_load_s) and its build, compile or engine load and first call (compile_s), where all
+    three were recorded."""
     from nn_speedups.report import anomalies
 
     out = []
@@ -29,6 +31,11 @@ def rows(run: dict) -> list[dict]:
         if "median_ms" not in info:
             continue
         out.append({"name": bench.get("name"), "group": bench.get("group"), **info})
+    started = ((run.get("machine_info") or {}).get("record") or {}).get("process_start_s")
+    for row in out:
+        parts = (started, row.get("model_load_s"), row.get("compile_s"))
+        if all(isinstance(p, (int, float)) for p in parts):  # a fresh process's start, the model's load, build + call
+            row["cold_start_s"] = sum(parts)
     return anomalies.annotate(out, set((run.get("machine_info") or {}).get("cpu_isa") or []))
 
 

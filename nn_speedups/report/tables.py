@@ -12,6 +12,13 @@ from nn_speedups.report.anomalies import FLAG_NAMES, codes
 from nn_speedups.report.cells import _check_cell, _fmt, _pct, _ratio
 from nn_speedups.report.records import _host, _label, _memory, _outcomes, failed_rows
 
+COLD_START_LEGEND = (
+    "Cold start: what a serving process pays before its first correct result, measured in this run's one process: "
+    "its own start-up (Python, pytest, torch and the suite imported) plus the case's model load and its build, "
+    "compile or engine load and first call (`compile s`). A fresh process per case would also pay the engine's import "
+    "(onnxruntime, TensorRT) that only the run's first such case paid here, and finds Inductor's and the engines' "
+    "caches as the run record says (record.inductor_cache, artifacts/)."
+)
 MEMORY_LEGEND = (
     "Memory: on a GPU the device peak while the variant runs (CUDA allocator, or NVML for ONNX Runtime/TensorRT); on "
     "a CPU `host MB` is what the case adds to the process's resident memory (its RSS peak less the settled RSS just "
@@ -35,7 +42,9 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
         for b in batches:
             header += [f"BS {b} ms", f"BS {b} samples/s", f"BS {b} speedup", f"BS {b} {mem_kind} MB"]
         with_accuracy = any(r.get("top1") is not None for r in model_rows)
-        header += ["compile s", "check"] + (["top-1", "top-5", "agrees with eager"] if with_accuracy else [])
+        header += ["compile s", "cold start s", "check"] + (
+            ["top-1", "top-5", "agrees with eager"] if with_accuracy else []
+        )
         header.append("flags")
         variants: dict[str, dict[int, dict]] = defaultdict(dict)
         for r in model_rows:
@@ -56,7 +65,12 @@ def model_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
                     else ["-"] * 4
                 )
             any_row = next(iter(per_batch.values()))
-            cells += [_fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1), _check_cell(any_row)]
+            cold = [r["cold_start_s"] for r in per_batch.values() if r.get("cold_start_s") is not None]
+            cells += [
+                _fmt(max(r.get("compile_s") or 0 for r in per_batch.values()), 1),
+                _fmt(max(cold), 1) if cold else "-",
+            ]
+            cells.append(_check_cell(any_row))
             if with_accuracy:
                 cells += [_pct(any_row.get("top1")), _pct(any_row.get("top5")), _pct(any_row.get("top1_agreement"))]
             flagged = [f"BS {b}: {', '.join(codes(per_batch[b]))}" for b in batches if codes(per_batch.get(b) or {})]
@@ -90,7 +104,7 @@ def activation_table(table_rows: list[dict]) -> list[tuple[str, str]]:
             [act, variant] + [_fmt(per.get(b, {}).get("median_ms")) for b in reversed(batches)]
             for (act, variant), per in cells.items()
         ]
-        tables.append((f"{model}: activations, eager vs compiled (seed 001)", markdown.table(header, body)))
+        tables.append((f"{model}: activations, eager vs compiled", markdown.table(header, body)))
     return tables
 
 
@@ -120,9 +134,7 @@ def deployment_table(table_rows: list[dict]) -> list[tuple[str, str]]:
                 ]
                 for r in picked
             ]
-            tables.append(
-                (f"{family}: {model}, per technique and batch (seed 004's table)", markdown.table(header, body))
-            )
+            tables.append((f"{family}: {model}, per technique and batch", markdown.table(header, body)))
     return tables
 
 
@@ -224,7 +236,7 @@ def distillation_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def operator_charts(table_rows: list[dict]) -> list[tuple[str, str]]:
-    """ONNX op-type counts per exported model (seed 000's operator chart), from rows that recorded them."""
+    """ONNX op-type counts per exported model (its operator chart), from rows that recorded them."""
     charts = {}
     for r in table_rows:
         if r.get("info_onnx_ops"):

@@ -1,5 +1,5 @@
 """Report sections of the trace room, rendered into nn_speedups.report's markdown and terminal tables: where the time
-goes per traced case, seed 001's kernel counts by activation, energy and cost, the roofline, and, between two runs,
+goes per traced case, the kernel counts by activation, energy and cost, the roofline, and, between two runs,
 the operators whose time grew in the cases that slowed down."""
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def activation_kernels(rows: list[dict]) -> list[tuple[str, str]]:
     note = "\nKernels counted: " + "; ".join(counted) + ".\n"
     return [
         (
-            "convnext-seed: kernels per step by activation (seed 001's FastSwish observation)",
+            "convnext-seed: kernels per step by activation (does a custom activation cost kernels?)",
             table(header, body) + note,
         )
     ]
