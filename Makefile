@@ -1,5 +1,7 @@
 # make bench:     set up .venv and run the main job (quick profile on a CPU, full on a GPU).
 # make test:      set up .venv and run the self-tests.
+# make results:   set up .venv, run the main job and the self-tests, and write results/<date>-<machine>-<profile>.md
+#                 (its CSV, pictures and JSON beside it), headed by the commit, commands, machine and wall times.
 # make gpu-smoke: on a first GPU machine, every GPU-only path once (small), then the GPU workflow's own steps.
 # make gate-aa:   the regression gate's A/A study on this machine (run it on an idle machine; README, 'Catching
 #                 regressions'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
@@ -12,7 +14,7 @@ EXTRAS ?= dev,ort
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: setup bench test lint clean gpu-smoke gate-aa
+.PHONY: setup bench test results lint docs clean gpu-smoke gate-aa
 
 setup: $(STAMP)
 
@@ -28,6 +30,10 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests/
 
+RESULTS_ARGS ?= --tests
+results: $(STAMP)
+	$(PY) -m nn_speedups.report.regenerate $(RESULTS_ARGS)
+
 # the smoke run, saved as the workflow saves main's baseline; a second run gated against it as a pull request is
 # (artifacts and engines are cached by then); the gate's verdicts are shown, not enforced: this proves the steps
 gpu-smoke: $(STAMP)
@@ -42,9 +48,13 @@ gate-aa: $(STAMP)
 	$(PY) -m nn_speedups.gate --aa-study reports/gate-aa --runs $(RUNS) --inject-runs $(INJECT_RUNS) \
 		--inject 'channels-last-fp32]:1.25' -- benches/test_inference.py
 
+# the reference pages (docs/) as a site under site/; --strict: a broken link or a page left out of the nav fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .benchmarks reports artifacts .pytest_cache .hypothesis
+	rm -rf $(VENV) .benchmarks reports artifacts .pytest_cache .hypothesis site
