@@ -1,8 +1,9 @@
 """Activation registry: name -> nn.Module factory.
 
-`fastswish` is the plain reference formula (DESIGN.md, seed 001); `fastswish-custom` its custom autograd Function
-(saves only x), `fastswish-triton` its Triton op (on a CPU without TRITON_INTERPRET=1 that op runs the custom
-Function's math: see nn_speedups.kernels.fastswish_triton.backend_for). All three live in nn_speedups/kernels/.
+`fastswish` is the plain reference formula (seed 001's; nn_speedups.kernels.fastswish states it); `fastswish-custom`
+its custom autograd Function (saves only x), `fastswish-triton` its Triton op (on a CPU without TRITON_INTERPRET=1
+that op runs the custom Function's math: see nn_speedups.kernels.fastswish_triton.backend_for). All three live in
+nn_speedups/kernels/.
 """
 
 from __future__ import annotations

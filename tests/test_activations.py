@@ -11,7 +11,7 @@ A, B = 42 / 13, 81 / 13
 
 
 def fastswish_formula(x: float) -> float:
-    """DESIGN.md's formula, written independently of the implementation."""
+    """Seed 001's formula (as kernels/fastswish.py's docstring states it), written independently of the code."""
     if x > 3:
         return x
     if x >= -3:

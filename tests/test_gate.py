@@ -2,8 +2,9 @@
 (tests/fixtures/gate: how each was made is in the README there), its statistics, its answers to bad input, and end
 to end: a fixed-work variant through the plugin, run by pytest, gated by nn_speedups.gate and by the stock option.
 
-Nothing here asserts a timing: the fixtures' times are data, the --confirm re-runs are replayed from synthetic runs
-with a fake clock and load average, and the end-to-end variant's verdicts come from recorded data, not its sleep.
+Nothing here asserts a timing: the fixtures' times are data (a head run twice as slow is a fixture's rounds doubled),
+the --confirm re-runs are replayed from synthetic runs with a fake clock and load average, the injected slowdown's
+spin runs on a fake clock, and the end-to-end variant's verdicts come from recorded data, not its sleep.
 """
 
 import dataclasses
@@ -82,6 +83,43 @@ def test_an_injected_slowdown_of_one_variant_is_slower_and_nothing_else_fails(tm
     assert slowed["ci"][0] < slowed["change"] < slowed["ci"][1] and "rounds only" in slowed["ci_kind"]
     assert [c for c, v in cases.items() if v["verdict"] in gate.FAILING] == [CHANNELS_LAST]
     assert "SLOWER     test_inference[resnet18-bs1-channels-last-fp32]" in out
+
+
+def _scaled_copy(source, out, factors: dict):
+    """A copy of a saved run with the named cases' recorded times (rounds and statistics) multiplied by their factor:
+    a head run that is slower by construction, not by how long anything took."""
+    run = json.loads(source.read_text())
+    for bench in run["benchmarks"]:
+        factor = factors.get(bench["fullname"], 1.0)
+        stats = bench["stats"]
+        for key in TIME_STATS:
+            if isinstance(stats.get(key), (int, float)):
+                stats[key] *= factor
+        stats["data"] = [t * factor for t in stats["data"]]
+        if isinstance(stats.get("ops"), (int, float)):
+            stats["ops"] /= factor
+    out.write_text(json.dumps(run))
+    return out
+
+
+def test_the_same_rounds_pass_and_every_round_twice_as_long_is_slower_by_exactly_100_percent(tmp_path, capsys):
+    """Synthetic head runs from a saved one: its own rounds again pass, each case unchanged (+0%) or, where its rounds
+    are too spread to resolve the threshold, noisy; the channels-last case's rounds doubled is slower with a change
+    of +100% inside its interval, and no other case fails."""
+    same = _scaled_copy(AA[0], tmp_path / "same.json", {})
+    code, out, err, verdicts = run_gate(tmp_path, capsys, AA[0], same)
+    assert code == 0 and verdicts["result"] == "pass" and verdicts["counts"]["slower"] == 0, out + err
+    for case in verdicts["cases"]:
+        assert case["change"] == 0 and case["verdict"] in ("unchanged", "noisy"), case
+        assert case["verdict"] == "unchanged" or "too spread to resolve" in case["why"], case
+    doubled = _scaled_copy(AA[0], tmp_path / "doubled.json", {CHANNELS_LAST: 2.0})
+    code, out, err, verdicts = run_gate(tmp_path, capsys, AA[0], doubled)
+    assert code == 1, out + err
+    cases = by_case(verdicts)
+    slowed = cases[CHANNELS_LAST]
+    assert slowed["verdict"] == "slower" and slowed["change"] == pytest.approx(1.0), slowed
+    assert slowed["ci"][0] <= slowed["change"] <= slowed["ci"][1] and slowed["p"] < gate.ALPHA
+    assert [name for name, c in cases.items() if c["verdict"] in gate.FAILING] == [CHANNELS_LAST]
 
 
 def test_calibrated_on_a_loaded_machine_the_gate_says_where_it_is_blind(tmp_path, capsys, thresholds):
@@ -276,19 +314,39 @@ def test_injected_slowdown_matches_node_ids_and_rejects_bad_specs(monkeypatch):
 
 
 def test_an_injected_round_really_takes_factor_times_its_own_time(monkeypatch):
+    """On a fake clock: a call that takes 10 ms is spun out to 15 ms under a factor of 1.5, a 20 ms one to 30 ms; the
+    timer records the stretched time, and a case the variable does not name keeps its own."""
+
+    class Clock:
+        """timing's `time` module: perf_counter() advances 0.1 ms per reading, and the work advances it too."""
+
+        def __init__(self):
+            self.now = 100.0
+
+        def perf_counter(self):
+            self.now += 1e-4
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", clock)
     monkeypatch.setenv(timing.INJECT_SLOWDOWN_ENV, "slow-case:1.5")
+
+    def work(seconds):
+        def fn():
+            clock.now += seconds
+
+        return fn
+
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "t.py::test[slow-case] (call)")
-    spent = []
-
-    def work():
-        start = timing.time.perf_counter()
-        sum(range(20000))
-        spent.append(timing.time.perf_counter() - start)
-
-    timer = timing.RoundTimer(work, lambda: None)
-    for _ in range(3):
+    for seconds in (0.010, 0.020):
+        timer = timing.RoundTimer(work(seconds), lambda: None)
         timer()
-    assert all(t >= 1.5 * s for t, s in zip(timer.times, spent))
+        # the call's own time (its work and one clock reading), times 1.5, to within one reading of the spin
+        assert timer.times == [pytest.approx(1.5 * (seconds + 1e-4), abs=2e-4)], (seconds, timer.times)
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "t.py::test[other-case] (call)")
+    timer = timing.RoundTimer(work(0.010), lambda: None)
+    timer()
+    assert timer.times == [pytest.approx(0.010 + 1e-4, abs=1e-9)]
 
 
 # ------------------------------------------------------------------------------------------------ --confirm in pairs

@@ -1,29 +1,97 @@
+import os
+import threading
+from types import SimpleNamespace
+
+import psutil
 import pytest
 import torch
 from torch import nn
 
 from nn_speedups.measure import metrics
 
+HANG_S = 60.0  # a hang guard only: how long the sampling thread may take to read once before it counts as stuck
+MB = metrics.MB
 
-def test_host_peak_sees_a_short_lived_allocation():
+
+class Rss:
+    """What HostPeak reads the RSS from (its `_process`): the real process's figure, or one the test sets; the reads
+    that the sampling thread makes (not this test's thread) are counted, so a test waits for a sample by its count,
+    never by a sleep."""
+
+    def __init__(self, process=None, rss: int = 0) -> None:
+        self._process, self._rss = process, rss
+        self._caller = threading.get_ident()
+        self._sampled = threading.Condition()
+        self.sampler_reads = 0
+
+    def set(self, rss: int) -> None:
+        with self._sampled:
+            self._rss = rss
+
+    def memory_info(self):
+        with self._sampled:
+            rss = self._process.memory_info().rss if self._process is not None else self._rss
+            if threading.get_ident() != self._caller:
+                self.sampler_reads += 1
+                self._sampled.notify_all()
+            return SimpleNamespace(rss=rss)
+
+    def await_sample(self) -> None:
+        """Return once the sampling thread has read the RSS after this call began (so after any set() before it)."""
+        with self._sampled:
+            after = self.sampler_reads
+            if not self._sampled.wait_for(lambda: self.sampler_reads > after, timeout=HANG_S):
+                raise AssertionError(f"HostPeak's sampling thread read nothing in {HANG_S:.0f} s: stuck")
+
+
+def _host_peak(rss: Rss, interval_s: float) -> metrics.HostPeak:
+    peak = metrics.HostPeak(interval_s=interval_s)
+    peak._process = rss
+    return peak
+
+
+def test_host_peak_keeps_a_peak_that_only_the_sampling_thread_saw():
+    """The RSS rises and falls back inside the block: neither the start nor the end shows the rise, a sample between
+    them does."""
+    rss = Rss(rss=100 * MB)
+    with _host_peak(rss, interval_s=0.001) as peak:
+        rss.set(356 * MB)
+        rss.await_sample()
+        rss.set(100 * MB)
+    assert (peak.start_mb, peak.peak_mb) == (100, 356)
+    assert rss.sampler_reads >= 1
+
+
+def test_host_peak_reset_returns_the_peak_so_far_and_starts_again_from_the_current_rss():
+    """Samples injected by hand (the thread waits an hour between its own): a 256 MB build, freed; reset() gives the
+    build's peak and starts the deployed model's from what is resident now."""
+    rss = Rss(rss=100 * MB)
+    with _host_peak(rss, interval_s=3600.0) as peak:
+        rss.set(356 * MB)
+        peak._sample()
+        rss.set(110 * MB)
+        peak._sample()
+        build_mb = peak.reset()
+        assert peak.peak_mb == 110  # the current RSS, not the build's peak
+        rss.set(130 * MB)
+        peak._sample()
+        rss.set(120 * MB)
+    assert (build_mb, peak.peak_mb, peak.start_mb) == (356, 130, 100)
+    assert rss.sampler_reads == 0  # every sample above was the test's own
+
+
+def test_host_peak_samples_the_real_resident_set():
+    """The real process: 256 MB written (resident) is in the peak once the thread has sampled it, and it is freed
+    before the block ends, so only the thread's sample can hold it."""
     with metrics.HostPeak() as before:
         pass
-    with metrics.HostPeak(interval_s=0.001) as peak:
+    rss = Rss(psutil.Process(os.getpid()))
+    with _host_peak(rss, interval_s=0.001) as peak:
         block = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # 256 MB, written so it is resident
         block.add_(1)
+        rss.await_sample()
         del block
     assert peak.peak_mb >= before.peak_mb + 200
-
-
-def test_host_peak_reset_starts_a_new_peak_after_a_freed_build():
-    with metrics.HostPeak(interval_s=0.001) as peak:
-        block = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # a 256 MB "build", then freed
-        block.add_(1)
-        del block
-        build_mb = peak.reset()
-        small = torch.ones(1024, dtype=torch.float32)
-        small.add_(1)
-    assert build_mb >= peak.peak_mb + 200  # the freed 256 MB are in the build's peak, not in the new one
 
 
 def test_device_peak_is_none_on_cpu():

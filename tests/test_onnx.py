@@ -212,8 +212,24 @@ def test_a_failing_export_says_why_in_short(tmp_path):
     assert "\x1b[" not in str(error.value) and len(str(error.value)) < 700
 
 
-def test_not_engaged_error_is_an_assertion():
-    assert issubclass(NotEngagedError, AssertionError)
+def test_a_session_that_runs_on_another_provider_than_asked_is_not_engaged(tmp_path, monkeypatch):
+    """A provider whose libraries fail to load leaves ONNX Runtime running the graph on the CPU: such a session is
+    refused with the provider asked for and the ones it runs on. Here CUDA is asked for (as on a machine that has
+    it) and ONNX Runtime hands back a real session on the CPU; the CPU asked for, the same session is accepted."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    path = tmp_path / "relu.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    assert ort_.create_session(path, ort_.OrtConfig()).get_providers()[0] == "CPUExecutionProvider"
+    real = onnxruntime.InferenceSession
+    monkeypatch.setattr(ort_, "provider_available", lambda provider: None)
+    monkeypatch.setattr(ort_, "_provider_entry", lambda config: ort_.PROVIDERS[config.provider])  # no device options
+    monkeypatch.setattr(
+        onnxruntime, "InferenceSession", lambda path, options, providers: real(path, providers=["CPUExecutionProvider"])
+    )
+    with pytest.raises(NotEngagedError, match=r"asked for CUDAExecutionProvider, the session runs on \['CPU"):
+        ort_.create_session(path, ort_.OrtConfig(provider="cuda"))
 
 
 def test_calibration_of_a_text_model_uses_token_batches_the_checks_never_see():

@@ -78,7 +78,10 @@ REQUIREMENTS = {
     ),
     "trt": (lambda: has_module("tensorrt"), "needs tensorrt: pip install -e .[trt] (from NVIDIA's package index)"),
     "torchrun": (lambda: torchrun_problem() is None, lambda: torchrun_problem()),
-    "torchao": (lambda: has_module("torchao"), "needs torchao: pip install -e . (or pip install 'torchao>=0.17')"),
+    "torchao": (
+        lambda: has_module("torchao"),
+        "needs torchao: pip install -e . (or pip install 'torchao>=0.18,<0.19')",
+    ),
     "pruning": (
         lambda: has_module("torch_pruning"),
         "needs torch-pruning: pip install -e . (or pip install torch-pruning)",

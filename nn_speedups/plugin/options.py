@@ -111,7 +111,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--finetune-steps",
         type=int,
         default=None,
-        help="compression: fine-tune steps after pruning and QAT steps (default: quick 60 and 20, full 300 and 300)",
+        help="compression: fine-tune steps after pruning and QAT steps, one number for both (default, per profile: "
+        + ", ".join(f"{name} {p.finetune_steps} and {p.qat_steps}" for name, p in PROFILES.items())
+        + ")",
     )
 
 

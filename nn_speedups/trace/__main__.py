@@ -4,7 +4,7 @@
     python -m nn_speedups.trace summarize TRACE.json.gz [--top 15] # top operators and kernel counts of a trace file
     python -m nn_speedups.trace flame TRACE.json.gz --out step.png # a flame chart of one step
 
-RUN.json is a file pytest-benchmark saved from a run with --trace; TRACE.json.gz a trace it wrote under
+RUN.json is a file pytest-benchmark saved from a run with --traces; TRACE.json.gz a trace it wrote under
 reports/<run>/traces/ (torch.profiler's, or ONNX Runtime's `.ort.json.gz`).
 """
 
