@@ -106,3 +106,10 @@ def test_cold_start_adds_the_process_start_the_model_load_and_the_first_result()
     assert cold["test_inference[bert-base-bs1-eager-fp32]"] == 4.6
     del run["machine_info"]["record"]  # a run saved before the record: no start-up known, no cold start claimed
     assert all("cold_start_s" not in r for r in report.rows(run))
+
+
+def test_a_run_that_capped_onednn_below_bf16_is_explained_like_a_cpu_without_it():
+    run = _run(("avx2", "avx512_bf16"))
+    run["machine_info"]["record"] = {"env": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    row = next(r for r in report.rows(run) if r["name"] == "test_inference[bert-base-bs1-amp-bf16]")
+    assert "no native bf16" in row["flags"][0] and "capped" in row["flags"][0]

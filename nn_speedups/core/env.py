@@ -25,7 +25,18 @@ PACKAGES = ("torch", "torchvision", "triton", "numpy", "onnx", "onnxruntime", "o
             "torch_tensorrt", "torchao", "torch-pruning", "transformers", "timm", "pytest", "pytest-benchmark",
             "nn-speedups")  # fmt: skip
 # environment variables that change speed: thread pools, Inductor and Triton, visible GPUs, the suite's own switches
-ENV_PREFIXES = ("OMP_", "MKL_", "KMP_", "TORCHINDUCTOR_", "TORCH_", "TRITON_", "NN_SPEEDUPS_")
+ENV_PREFIXES = (
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "ONEDNN_",
+    "DNNL_",
+    "ATEN_",
+    "TORCHINDUCTOR_",
+    "TORCH_",
+    "TRITON_",
+    "NN_SPEEDUPS_",
+)
 ENV_NAMES = ("CUDA_VISIBLE_DEVICES",)
 GOVERNOR = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"
 

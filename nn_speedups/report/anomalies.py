@@ -31,13 +31,28 @@ FLAG_NAMES = {
 }
 
 
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: under them oneDNN uses no bf16 instruction
+ONEDNN_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+BF16_FEATURES = {"avx512_bf16", "amx_bf16"}
+
+
+def effective_isa(machine_info: dict) -> set[str]:
+    """The CPU features a run could use: machine_info's cpu_isa, less the bf16 ones when the run record's environment
+    capped oneDNN below them (ONEDNN_MAX_CPU_ISA, or its old name DNNL_MAX_CPU_ISA)."""
+    isa = set(machine_info.get("cpu_isa") or [])
+    env = ((machine_info.get("record") or {}).get("env")) or {}
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return isa - BF16_FEATURES if cap in ONEDNN_WITHOUT_BF16 else isa
+
+
 def explain(row: dict, isa: set[str]) -> str:
     """What the suite knows of why such a case is slow on a machine with CPU features `isa`, or ""."""
     dtype, device = row.get("dtype") or "", row.get("device") or ""
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(isa))
+    native_bf16 = bool(BF16_FEATURES & set(isa))
     if device == "cpu" and dtype == "bf16" and not native_bf16:
         return (
-            "this CPU has no native bf16 instructions (neither AVX512-BF16 nor AMX-BF16), so oneDNN runs every "
+            "this CPU has no native bf16 instructions (neither AVX512-BF16 nor AMX-BF16, or oneDNN was capped below "
+            "them), so oneDNN runs every "
             "bf16 matmul on a slow emulated path that costs more than the fp32 one; on a CPU with them the same "
             "case runs faster than eager (docs/reports.md); see the op breakdown with --traces"
         )

@@ -36,7 +36,7 @@ def rows(run: dict) -> list[dict]:
         parts = (started, row.get("model_load_s"), row.get("compile_s"))
         if all(isinstance(p, (int, float)) for p in parts):  # a fresh process's start, the model's load, build + call
             row["cold_start_s"] = sum(parts)
-    return anomalies.annotate(out, set((run.get("machine_info") or {}).get("cpu_isa") or []))
+    return anomalies.annotate(out, anomalies.effective_isa(run.get("machine_info") or {}))
 
 
 _CASE_ID = re.compile(r"^(?P<head>.+?)-bs(?P<batch>\d+)-(?P<variant>.+)$")
