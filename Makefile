@@ -3,8 +3,8 @@
 # make results:   set up .venv, run the main job and the self-tests, and write results/<date>-<machine>-<profile>.md
 #                 (its CSV, pictures and JSON beside it), headed by the commit, commands, machine and wall times.
 # make gpu-smoke: on a first GPU machine, every GPU-only path once (small), then the GPU workflow's own steps.
-# make gate-aa:   the regression gate's A/A study on this machine (run it on an idle machine; README, 'Catching
-#                 regressions'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
+# make gate-aa:   the regression gate's A/A study on this machine (run it on an idle machine; docs/gate.md,
+#                 'The A/A study'): RUNS unchanged quick inference runs and INJECT_RUNS with a 25% slowdown injected.
 # EXTRAS: dev (the self-tests' tools) and ort (ONNX Runtime for the CPU); on a CUDA machine EXTRAS=dev,ort-gpu,trt
 # (onnxruntime-gpu, and TensorRT from NVIDIA's package index). Never ort and ort-gpu together: both are `onnxruntime`.
 PYTHON ?= python3

@@ -13,7 +13,7 @@ from torch import nn
 @dataclass(frozen=True)
 class ModelSpec:
     """How the suite builds and feeds a model: the one way in for the built-in models and for your own (a factory
-    given with `--model module.path:factory` may return one; README, "Benchmark your own model").
+    given with `--model module.path:factory` may return one; docs/own-model.md).
 
     name: the id in test ids and reports (unique; letters, digits, `-`, `_`, `.`).
     build(image_size=..., [activation=NAME]): a fresh model, fp32, on the CPU; the harness seeds torch first, then

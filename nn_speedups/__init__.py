@@ -1,5 +1,5 @@
-"""nn-speedups, one importable package: the public names for describing your own model (README: "Benchmark your own
-model"), and the map of the repository's top-level folders into the package.
+"""nn-speedups, one importable package: the public names for describing your own model (docs/own-model.md), and
+the map of the repository's top-level folders into the package.
 
     from nn_speedups import ModelSpec, image_inputs, token_inputs, spec_from_example
 

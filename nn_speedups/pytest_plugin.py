@@ -53,7 +53,7 @@ def old_form(args: list[str], pyargs: bool) -> str | None:
     if not pyargs or not old or importlib.util.find_spec(OLD_BENCHES) is not None:
         return None
     new = BENCHES + old[0][len(OLD_BENCHES) :]
-    return f"nn-speedups: the installed benches are now {BENCHES}: run pytest --pyargs {new} (README: 'Your own model')"
+    return f"nn-speedups: the installed benches are now {BENCHES}: run pytest --pyargs {new} (docs/own-model.md)"
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -120,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nn_speedups.gate",
         description="A regression gate for pytest-benchmark runs of this suite: one verdict per case, with why.",
-        epilog="Exit codes: 0 pass, 1 a regression, 2 bad input. See README.md, 'Catching regressions'.",
+        epilog="Exit codes: 0 pass, 1 a regression, 2 bad input. See docs/gate.md.",
     )
     p.add_argument("runs", nargs="*", help="BASELINE HEAD (run files or storage folders); with --calibrate: the runs")
     p.add_argument("--thresholds", help="a thresholds file written by --calibrate")

@@ -1,5 +1,5 @@
 """The A/A study of the regression gate: how often it cries wolf on unchanged code, and whether it catches a real
-slowdown, on this machine. A measurement for the README, never a test assertion.
+slowdown, on this machine. A measurement for docs/gate.md, never a test assertion.
 
     python -m nn_speedups.gate --aa-study reports/gate-aa --runs 10 --inject-runs 4 -- benches/test_inference.py
     make gate-aa                       # the same

@@ -125,5 +125,5 @@ def _stock_gate_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.write_line(
         f"{len(regressions)} case(s) failed --benchmark-compare-fail. A single run's medians move from run to run: "
         "`python -m nn_speedups.gate BASELINE.json HEAD.json` decides with the rounds, calibrated noise and re-runs "
-        "(README, 'Catching regressions')."
+        "(docs/gate.md)."
     )

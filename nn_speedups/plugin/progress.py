@@ -24,7 +24,7 @@ def duration_text(seconds: float) -> str:
 
 
 # Seconds per running case of each family in the quick profile on a CPU: a fresh clone's `make bench` on the 2-core
-# development VM at a7d65a5 (README, Results). Only a first estimate: cases of one family differ, machines differ.
+# development VM at a7d65a5. Only a first estimate: cases of one family differ, machines differ.
 PRIOR_S_PER_CASE = {
     ("quick", "cpu"): {
         "compression": 23.5,
