@@ -17,13 +17,14 @@ Correctness before timing (thresholds in nn_speedups/measure/correctness.py):
 - `pt-int8-static`, `pt-int8-dynamic`: `lossy` (SQNR >= 20 dB against eager fp32; top-1 agreement reported); the
   graph must hold quantization ops and int8 weights, and must not recompile (a recompile loses Inductor freezing).
 - pruned, fine-tuned, QAT-trained and distilled models change the function on purpose: `accuracy`, top-1 on
-  evaluation images that no fine-tune, calibration or training saw at most 10 points below their reference's (the
-  row reports the exact `top1_drop` and `reference_kind`). The reference of a variant that trains is its matched
-  control, never the untouched model: the uncompressed model fine-tuned with the same steps, lr and batches
-  (`control_top1`; a quick-trained net gains from any fine-tune, and that gain is not compression's), and for a
-  distilled student the same architecture trained alone on the same budget. Plus "it engaged": real sparsity
-  reached (unstructured), layers really narrower and fewer parameters (channels). They need trained weights: a
-  `--checkpoint`, or a model the profile trains (quick: resnet18, resnet50); elsewhere they skip with that reason.
+  evaluation images that no fine-tune, calibration or training saw, reported against their reference (the row's
+  `top1_drop` and `reference_kind`) and failed more than 10 points below both it and the uncompressed model. The
+  reference of a variant that trains is its matched control, never the untouched model: the uncompressed model
+  fine-tuned with the same steps, lr and batches (`control_top1`; a quick-trained net gains from any fine-tune, and
+  that gain is not compression's), and for a distilled student the same architecture trained alone on the same
+  budget. Plus "it engaged": real sparsity reached (unstructured), layers really narrower and fewer parameters
+  (channels). They need trained weights: a `--checkpoint`, or a model the profile trains (quick: resnet18,
+  resnet50); elsewhere they skip with that reason.
 - `sparse-2to4` (bert-base, fp16, CUDA compute capability >= 8.0): the sparse kernels' output has cosine >= 0.99
   with the same 2:4-pruned model run with dense kernels; skips elsewhere with the reason.
 All fine-tunes and calibrations use the training split of `--data`; accuracy is measured on its evaluation split.

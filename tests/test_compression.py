@@ -190,6 +190,12 @@ def test_the_accuracy_criterion_gates_the_top1_drop():
         check_accuracy(out, ref, {"top1": 0.70, "eager_top1": 0.85, "eval_images": 64}, {})
     ok = check_accuracy(out, ref, {"top1": 0.70, "eager_top1": 0.95}, {"reference_top1": 0.72})  # own reference
     assert ok.details["reference_top1"] == 0.72
+    # a matched control above the untouched model: the drop is reported against the control, and only a model more
+    # than 10 points below both (broken, not a trade-off) fails
+    traded = check_accuracy(out, ref, {"top1": 0.68, "eager_top1": 0.77}, {"reference_top1": 0.867})
+    assert traded.details["top1_drop"] == pytest.approx(0.187) and traded.details["reference_top1"] == 0.867
+    with pytest.raises(CorrectnessError, match=r"11.0 points below 77.0%, the lower of its reference"):
+        check_accuracy(out, ref, {"top1": 0.66, "eager_top1": 0.77}, {"reference_top1": 0.867})
     with pytest.raises(CorrectnessError, match="nothing to judge it by"):
         check_accuracy(out, ref, {}, {})
     with pytest.raises(CorrectnessError, match="cosine"):
