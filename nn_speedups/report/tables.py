@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nn_speedups.core import markdown
-from nn_speedups.report.anomalies import FLAG_NAMES, codes
+from nn_speedups.core.percentiles import MIN_ROUNDS_FOR
+from nn_speedups.report.anomalies import DRIFT, FLAG_NAMES, SLOWER, SPREAD, codes
 from nn_speedups.report.cells import _check_cell, _fmt, _pct, _ratio
 from nn_speedups.report.records import _host, _label, _memory, _outcomes, failed_rows
 
@@ -339,9 +340,11 @@ def flag_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
             code, _, text = flag.partition(": ")
             body.append(where + [FLAG_NAMES.get(code, code), text])
     legend = (
-        "\nFlags: more than 2x slower than eager; a smaller batch whose call takes longer than a larger batch's; "
-        "rounds whose second half's median is 1.2x off the first half's; rounds in two modes across a 25% gap (each "
-        "holding 15% of the rounds); an interquartile range above 25% of the median. Percentiles are printed from 64 "
-        "rounds (p90) and 662 (p99), the counts MLPerf LoadGen's early stopping needs; below that the round count.\n"
+        f"\nFlags: more than {SLOWER:g}x slower than eager; a smaller batch whose call takes longer than a larger "
+        f"batch's; rounds whose second half's median is {DRIFT:g}x off the first half's; rounds in two modes across a "
+        f"25% gap (each holding 15% of the rounds); an interquartile range above {SPREAD:.0%} of the median; an eager "
+        f"model whose outputs differed when run twice on the same inputs. Percentiles are printed from "
+        f"{MIN_ROUNDS_FOR['p90']} rounds (p90) and {MIN_ROUNDS_FOR['p99']} (p99), the counts MLPerf LoadGen's early "
+        "stopping needs; below that the round count.\n"
     )
     return [(f"Look twice ({len(flagged)} flagged rows)", markdown.table(header, body) + legend)]
