@@ -6,7 +6,6 @@ Never imports torch or pytest: the gate must start fast and read runs from any m
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -16,6 +15,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nn_speedups.report import run_record
 
 SAVE_HINT = "save runs with `pytest benches/ --benchmark-autosave --benchmark-save-data` (or --benchmark-json=PATH)"
 
@@ -86,17 +87,9 @@ def load_run(path: str | Path) -> Run:
     """Read and check one saved run; every problem is a GateError naming the file and the fix."""
     path = resolve(path)
     try:
-        raw = json.loads(Path(path).read_text())
-    except UnicodeDecodeError:
-        raise GateError(f"{path}: not a text file, so not a pytest-benchmark run; {SAVE_HINT}") from None
-    except json.JSONDecodeError as error:
-        raise GateError(f"{path}: not JSON ({error.msg} at line {error.lineno}); {SAVE_HINT}") from None
-    except OSError as error:
-        raise GateError(f"{path}: cannot read it ({error.strerror})") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("benchmarks"), list):
-        raise GateError(f"{path}: not a pytest-benchmark run (no 'benchmarks' list); {SAVE_HINT}")
-    if not isinstance(raw.get("machine_info"), dict):
-        raise GateError(f"{path}: not a pytest-benchmark run (no 'machine_info'); {SAVE_HINT}")
+        raw = run_record.load(path, SAVE_HINT)  # a JSON object with 'benchmarks' and 'machine_info', or one line
+    except run_record.RecordError as error:
+        raise GateError(str(error)) from None
     cases = {}
     for i, bench in enumerate(raw["benchmarks"]):
         where = f"{path}: benchmark {i}"

@@ -30,25 +30,26 @@ class RecordError(ValueError):
     """A file that is not a pytest-benchmark run: one line that names the problem and the fix."""
 
 
-def load(path: str | Path) -> dict:
-    """A saved run, checked enough to diff: a JSON object with a 'benchmarks' list and a 'machine_info' object."""
+def load(path: str | Path, hint: str = SAVE_HINT) -> dict:
+    """A saved run, checked enough to diff or gate: a JSON object with a 'benchmarks' list and a 'machine_info'
+    object; every problem a RecordError of one line ending in `hint` (the gate gives its own)."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RecordError(f"{path}: no such file; {SAVE_HINT}") from None
+        raise RecordError(f"{path}: no such file; {hint}") from None
     except IsADirectoryError:
-        raise RecordError(f"{path}: a folder, not a run file; {SAVE_HINT}") from None
+        raise RecordError(f"{path}: a folder, not a run file; {hint}") from None
     except UnicodeDecodeError:
-        raise RecordError(f"{path}: not a text file, so not a pytest-benchmark run; {SAVE_HINT}") from None
+        raise RecordError(f"{path}: not a text file, so not a pytest-benchmark run; {hint}") from None
     except json.JSONDecodeError as error:
-        raise RecordError(f"{path}: not JSON ({error.msg} at line {error.lineno}); {SAVE_HINT}") from None
+        raise RecordError(f"{path}: not JSON ({error.msg} at line {error.lineno}); {hint}") from None
     except OSError as error:
-        raise RecordError(f"{path}: cannot read it ({error.strerror}); {SAVE_HINT}") from None
+        raise RecordError(f"{path}: cannot read it ({error.strerror}); {hint}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("benchmarks"), list):
-        raise RecordError(f"{path}: not a pytest-benchmark run (no 'benchmarks' list); {SAVE_HINT}")
+        raise RecordError(f"{path}: not a pytest-benchmark run (no 'benchmarks' list); {hint}")
     if not isinstance(raw.get("machine_info"), dict):
-        raise RecordError(f"{path}: not a pytest-benchmark run (no 'machine_info'); {SAVE_HINT}")
+        raise RecordError(f"{path}: not a pytest-benchmark run (no 'machine_info'); {hint}")
     return raw
 
 
