@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+WEIGHTS_SEED = 0  # build_model seeds torch with it before building any model: the same random weights every run
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -77,7 +79,7 @@ def build_model(
 ) -> nn.Module:
     """Build `spec` in eval mode with seeded random weights (`weights` None or "random"), or load `weights`:
     "pretrained" (torchvision's, from the local cache only) or a state-dict / training-checkpoint path."""
-    torch.manual_seed(0)
+    torch.manual_seed(WEIGHTS_SEED)
     kwargs = {"image_size": image_size}
     if activation is not None:
         if "activation-slot" not in spec.tags:

@@ -10,6 +10,7 @@ from nn_speedups import report
 from nn_speedups.measure import timing
 from nn_speedups.measure.cases import timing_fields
 from nn_speedups.report import anomalies
+from nn_speedups.report.cells import percentile_cell
 
 
 def _bench(variant: str, batch: int, rounds_ms: list[float], eager_ms: float, dtype: str = "fp32") -> dict:
@@ -82,9 +83,9 @@ def test_a_run_with_nothing_odd_has_no_look_twice_section():
 
 def test_a_percentile_from_too_few_rounds_prints_the_count():
     row = {"rounds": 12, "p90_ms": 3.0, "p99_ms": 4.0}  # a run saved before the 64/662 rule: its p90 is not shown
-    assert anomalies.percentile_cell(row, "p90_ms") == "n=12"
-    assert anomalies.percentile_cell({"rounds": 100, "p90_ms": 3.0}, "p90_ms") == "3.00"
-    assert anomalies.percentile_cell({"rounds": 100, "p99_ms": 4.0}, "p99_ms") == "n=100"
+    assert percentile_cell(row, "p90_ms") == "n=12"
+    assert percentile_cell({"rounds": 100, "p90_ms": 3.0}, "p90_ms") == "3.00"
+    assert percentile_cell({"rounds": 100, "p99_ms": 4.0}, "p99_ms") == "n=100"
 
 
 def test_an_eager_model_that_is_not_repeatable_is_flagged_on_its_eager_row():

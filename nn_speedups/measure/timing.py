@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nn_speedups.core.percentiles import MIN_ROUNDS_FOR  # below it a percentile is None: the report prints the count
-
-# Fewest rounds for which the shape of the rounds (drift between halves, two modes) is judged at all.
-MIN_ROUNDS_FOR_SHAPE = 10
+from nn_speedups.core.round_rules import MIN_ROUNDS_FOR, MIN_ROUNDS_FOR_SHAPE, MODE_GAP, MODE_MIN_SHARE
 
 
 def synchronizer(device: str) -> Callable[[], None]:
@@ -123,12 +120,6 @@ def summarize(times_s: list[float]) -> Summary:
         drift=statistics.median(ms[n - half :]) / statistics.median(ms[:half]) if shaped and min(ms) > 0 else None,
         modes=two_modes(ms) if shaped else None,
     )
-
-
-# Two modes: the widest empty gap in the sorted rounds, with at least this share of the rounds on each side, where
-# the value jumps by at least MODE_GAP (a 25% gap with nothing in it is not a tail, it is a second code path).
-MODE_MIN_SHARE = 0.15
-MODE_GAP = 1.25
 
 
 def two_modes(values: list[float]) -> tuple[float, float] | None:

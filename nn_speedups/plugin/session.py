@@ -52,14 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def suite_seeds() -> dict[str, int]:
     """The seeds the benches use. The suite has no one shared seed constant: each is read where it lives (a default
-    argument or a module constant), and the weights' seed is the literal of models/registry.py build_model."""
+    argument or a module constant)."""
     from nn_speedups.data.synthetic import synthetic_splits
     from nn_speedups.measure.calibration import CALIBRATION_SEED
-    from nn_speedups.models.registry import image_inputs
+    from nn_speedups.models.registry import WEIGHTS_SEED, image_inputs
 
     default = lambda function: inspect.signature(function).parameters["seed"].default  # noqa: E731
     return {
-        "model_weights": 0,  # build_model: torch.manual_seed(0) before every model is built (seeded random weights)
+        "model_weights": WEIGHTS_SEED,  # build_model seeds torch with it before every model (seeded random weights)
         "example_inputs": default(image_inputs),  # the benches' inputs (text and user models take the same seed)
         "calibration_inputs": CALIBRATION_SEED,  # INT8 calibration batches: CALIBRATION_SEED + batch index
         "synthetic_data": default(synthetic_splits),  # nn_speedups.data's synthetic set (accuracy, calibration)

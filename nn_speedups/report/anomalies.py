@@ -16,8 +16,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from nn_speedups.core.percentiles import MIN_ROUNDS_FOR
-
 SLOWER = 2.0  # a variant more than this many times slower than its baseline (eager, same model and batch)
 DRIFT = 1.2  # the second half's median this much above (or below) the first half's
 SPREAD = 0.25  # interquartile range above this share of the median
@@ -125,12 +123,3 @@ def annotate(run_rows: list[dict], isa: set[str] = frozenset()) -> list[dict]:
 
 def codes(row: dict) -> list[str]:
     return [flag.split(":", 1)[0] for flag in row.get("flags") or []]
-
-
-def percentile_cell(row: dict, key: str) -> str:
-    """A percentile's cell: the figure when the case ran enough rounds for it, else the round count."""
-    value = row.get(key)
-    needed = MIN_ROUNDS_FOR.get(key.removesuffix("_ms"), 0)
-    if value is None or (row.get("rounds") or 0) < needed:
-        return f"n={row.get('rounds', '?')}"
-    return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"

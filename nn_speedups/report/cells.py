@@ -1,8 +1,10 @@
-"""Table cells: how the report writes a number, a share, a ratio and a case's correctness check."""
+"""Table cells: how the report writes a number, a share, a ratio, a percentile and a case's correctness check."""
 
 from __future__ import annotations
 
 import math
+
+from nn_speedups.core.round_rules import MIN_ROUNDS_FOR
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -43,3 +45,12 @@ def _check_cell(row: dict) -> str:
         if row.get("kernel_cosine") is not None:
             return f"accuracy (sparse vs dense kernels cos {row['kernel_cosine']:.4f})"
     return row.get("check") or "-"
+
+
+def percentile_cell(row: dict, key: str) -> str:
+    """A percentile's cell: the figure when the case ran enough rounds for it, else the round count."""
+    value = row.get(key)
+    needed = MIN_ROUNDS_FOR.get(key.removesuffix("_ms"), 0)
+    if value is None or (row.get("rounds") or 0) < needed:
+        return f"n={row.get('rounds', '?')}"
+    return f"{value:.2f}" if abs(value) < 1000 else f"{value:,.0f}"

@@ -144,15 +144,6 @@ def differences_line(found: list[tuple[str, object, object]], limit: int = 8) ->
     return shown
 
 
-def render(run: dict) -> str:
-    """One run's record as a two-column markdown table (NO_RECORD for a run saved before records existed)."""
-    from nn_speedups.core.markdown import table
-
-    values = view(run)
-    head = "" if has_record(run) else f"{NO_RECORD}\n\n"
-    return head + table(["setting", "value"], [[k, cell(v, k)] for k, v in values.items()])
-
-
 def summary_line(run: dict) -> str:
     """One line of a run's record for the end of a run: commit, installed set, threads, governor, Inductor's cache."""
     values = view(run)

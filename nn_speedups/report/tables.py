@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nn_speedups.core import markdown
-from nn_speedups.core.percentiles import MIN_ROUNDS_FOR
+from nn_speedups.core.round_rules import MIN_ROUNDS_FOR, MODE_GAP, MODE_MIN_SHARE
 from nn_speedups.report.anomalies import DRIFT, FLAG_NAMES, SLOWER, SPREAD, codes
 from nn_speedups.report.cells import _check_cell, _fmt, _pct, _ratio
 from nn_speedups.report.records import _host, _label, _memory, _outcomes, failed_rows
@@ -341,10 +341,10 @@ def flag_tables(table_rows: list[dict]) -> list[tuple[str, str]]:
             body.append(where + [FLAG_NAMES.get(code, code), text])
     legend = (
         f"\nFlags: more than {SLOWER:g}x slower than eager; a smaller batch whose call takes longer than a larger "
-        f"batch's; rounds whose second half's median is {DRIFT:g}x off the first half's; rounds in two modes across a "
-        f"25% gap (each holding 15% of the rounds); an interquartile range above {SPREAD:.0%} of the median; an eager "
-        f"model whose outputs differed when run twice on the same inputs. Percentiles are printed from "
-        f"{MIN_ROUNDS_FOR['p90']} rounds (p90) and {MIN_ROUNDS_FOR['p99']} (p99), the counts MLPerf LoadGen's early "
-        "stopping needs; below that the round count.\n"
+        f"batch's; rounds whose second half's median is {DRIFT:g}x off the first half's; rounds in two modes across "
+        f"a {MODE_GAP - 1:.0%} gap (each holding {MODE_MIN_SHARE:.0%} of the rounds); an interquartile range above "
+        f"{SPREAD:.0%} of the median; an eager model whose outputs differed when run twice on the same inputs. "
+        f"Percentiles are printed from {MIN_ROUNDS_FOR['p90']} rounds (p90) and {MIN_ROUNDS_FOR['p99']} (p99), the "
+        "counts MLPerf LoadGen's early stopping needs; below that the round count.\n"
     )
     return [(f"Look twice ({len(flagged)} flagged rows)", markdown.table(header, body) + legend)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from nn_speedups.core import markdown
-from nn_speedups.report.anomalies import percentile_cell
-from nn_speedups.report.cells import _fmt, _pct
+from nn_speedups.report.cells import _fmt, _pct, percentile_cell
 from nn_speedups.report.records import _label, _memory
 
 
